@@ -1,0 +1,276 @@
+"""The kohya / sd-scripts folder convention, scanned into plain dataclasses.
+
+    <train dir>/
+        10_sks dog/          repeats 10; "sks dog" is the caption of images without a caption file
+            001.png
+            001.txt          caption for 001.png (UTF-8, with or without BOM)
+        5_style/
+    <reg dir>/               optional regularization (prior preservation) images, same shape
+        1_dog/
+
+Everything that is wrong but not fatal becomes a Problem the UI can list; only "nothing usable to
+train on" raises DatasetError.
+"""
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+from .images import ImageLoadError, is_image_file, load_rgb, probe_size
+
+PathLike = Union[str, Path]
+
+_SUBSET_NAME = re.compile(r"^(\d+)_(.*)$", re.DOTALL)
+
+
+class DatasetError(Exception):
+    """The dataset cannot be trained on; the message names the path and the fix."""
+
+
+@dataclass
+class Problem:
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class ImageItem:
+    path: Path
+    caption: str
+    # The owning Subset; kept out of repr/eq because the Subset lists its items (a cycle).
+    subset: "Subset" = field(repr=False, compare=False)
+    has_caption_file: bool
+    # (width, height) after EXIF rotation, when the scan has read it.
+    size: Optional[tuple[int, int]] = None
+
+
+@dataclass
+class Subset:
+    path: Path
+    name: str           # text after "<repeats>_", e.g. "sks dog"
+    repeats: int
+    class_words: str    # caption used for images without a caption file (sd-scripts' class tokens)
+    is_reg: bool
+    items: list[ImageItem] = field(default_factory=list)
+
+    @property
+    def folder_name(self) -> str:
+        """The folder's own name ("10_sks dog"): the key kohya metadata uses."""
+        return self.path.name
+
+
+@dataclass
+class DatasetScan:
+    subsets: list[Subset]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def train_subsets(self) -> list[Subset]:
+        return [s for s in self.subsets if not s.is_reg]
+
+    @property
+    def reg_subsets(self) -> list[Subset]:
+        return [s for s in self.subsets if s.is_reg]
+
+    @property
+    def num_train_images(self) -> int:
+        """Distinct usable training image files."""
+        return sum(len(s.items) for s in self.train_subsets)
+
+    @property
+    def num_reg_images(self) -> int:
+        """Distinct usable regularization image files."""
+        return sum(len(s.items) for s in self.reg_subsets)
+
+    @property
+    def num_train_samples(self) -> int:
+        """Training images x repeats: samples per epoch (kohya's ss_num_train_images)."""
+        return sum(len(s.items) * s.repeats for s in self.train_subsets)
+
+    @property
+    def num_reg_samples(self) -> int:
+        """Regularization images x repeats (kohya's ss_num_reg_images)."""
+        return sum(len(s.items) * s.repeats for s in self.reg_subsets)
+
+    def summary(self) -> list[dict]:
+        """One row per subfolder for the UI table."""
+        rows = []
+        for s in self.subsets:
+            with_caption = sum(1 for it in s.items if it.has_caption_file)
+            unreadable = sum(1 for p in self.problems if p.path.parent == s.path and is_image_file(p.path))
+            rows.append({
+                "folder": s.folder_name,
+                "kind": "regularization" if s.is_reg else "training",
+                "repeats": s.repeats,
+                "images": len(s.items),
+                "captions found": with_caption,
+                "captions missing": len(s.items) - with_caption,
+                "unreadable": unreadable,
+            })
+        return rows
+
+
+def parse_subset_name(folder_name: str) -> Optional[tuple[int, str]]:
+    """"10_sks dog" -> (10, "sks dog"); None when the name lacks the "<repeats>_" prefix."""
+    m = _SUBSET_NAME.match(folder_name)
+    if m is None:
+        return None
+    return int(m.group(1)), m.group(2).strip()
+
+
+def _caption_extensions(caption_extension: str) -> list[str]:
+    ext = caption_extension if caption_extension.startswith(".") else "." + caption_extension
+    return [ext] if ext == ".caption" else [ext, ".caption"]
+
+
+def read_caption(path: Path) -> str:
+    """First non-empty line of a caption file, as sd-scripts uses it.
+
+    utf-8-sig accepts files with and without a BOM; splitlines() handles CRLF. Raises
+    UnicodeDecodeError for non-UTF-8 files.
+    """
+    text = path.read_bytes().decode("utf-8-sig")
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _caption_for(image: Path, fallback: str, caption_exts: list[str],
+                 problems: list[Problem]) -> Optional[tuple[str, bool]]:
+    """(caption, came from a file), or None when the caption file is unreadable (image skipped)."""
+    for ext in caption_exts:
+        caption_path = image.with_suffix(ext)
+        if not caption_path.is_file():
+            continue
+        try:
+            text = read_caption(caption_path)
+        except UnicodeDecodeError:
+            problems.append(Problem(caption_path, "caption is not UTF-8 text; re-save it as UTF-8 "
+                                                  "(the image is skipped until then)"))
+            return None
+        except OSError as e:
+            problems.append(Problem(caption_path, f"cannot read the caption ({e}); the image is skipped"))
+            return None
+        if text:
+            return text, True
+        problems.append(Problem(caption_path, f"caption file is empty; the folder words '{fallback}' are used"))
+        return fallback, False
+    return fallback, False
+
+
+def _image_size(path: Path, check_images: bool) -> Union[tuple[int, int], ImageLoadError]:
+    try:
+        return load_rgb(path).size if check_images else probe_size(path)
+    except ImageLoadError as e:
+        return e
+
+
+def _scan_subset(subset: Subset, caption_exts: list[str], check_images: bool,
+                 problems: list[Problem]) -> None:
+    images = []
+    for entry in sorted(subset.path.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            continue  # hidden files, e.g. macOS "._x.png" resource forks
+        if entry.is_dir():
+            problems.append(Problem(entry, "folders inside a dataset folder are not scanned; "
+                                           f"move its images into {subset.path.name}"))
+        elif is_image_file(entry):
+            images.append(entry)
+        # anything else (captions, .json, .npz, ...) is not an image: ignored
+
+    # Pillow releases the GIL while decoding, so threads make a full check of a big folder faster.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        sizes = list(pool.map(partial(_image_size, check_images=check_images), images))
+
+    for entry, size in zip(images, sizes):
+        if isinstance(size, ImageLoadError):
+            problems.append(Problem(entry, f"{size.reason}; the image is skipped"))
+            continue
+
+        found = _caption_for(entry, subset.class_words, caption_exts, problems)
+        if found is None:
+            continue
+        caption, has_caption_file = found
+        subset.items.append(ImageItem(entry, caption, subset, has_caption_file, size))
+
+
+def _scan_root(root: Path, is_reg: bool, caption_exts: list[str], check_images: bool,
+               problems: list[Problem]) -> list[Subset]:
+    kind = "regularization" if is_reg else "training"
+    if not root.exists():
+        raise DatasetError(f"{kind} folder {root} does not exist; check the path")
+    if not root.is_dir():
+        raise DatasetError(f"{kind} folder {root} is not a folder; point it at the folder that "
+                           "holds the <repeats>_<name> subfolders")
+
+    subsets: list[Subset] = []
+    unprefixed: list[Path] = []
+    loose_images: list[Path] = []
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file():
+            if is_image_file(entry):
+                loose_images.append(entry)
+            continue
+        parsed = parse_subset_name(entry.name)
+        if parsed is None:
+            unprefixed.append(entry)
+            continue
+        repeats, name = parsed
+        if repeats < 1:
+            problems.append(Problem(entry, f"repeats must be at least 1; rename it to e.g. 1_{name}"))
+            continue
+        subset = Subset(entry, name, repeats, name, is_reg)
+        _scan_subset(subset, caption_exts, check_images, problems)
+        if not subset.items:
+            problems.append(Problem(entry, "no usable images in this folder; it is ignored"))
+        subsets.append(subset)
+
+    example = f"10_{unprefixed[0].name}" if unprefixed else "10_mysubject"
+    if not subsets:
+        found = f" (found: {', '.join(p.name for p in unprefixed[:5])})" if unprefixed else ""
+        where = " Images directly in it are not used;" if loose_images else ""
+        raise DatasetError(
+            f"{kind} folder {root} has no subfolder named <repeats>_<name>{found}.{where} "
+            f"put the images in a subfolder such as '{root / example}' (10 = repeats per epoch)")
+    for p in unprefixed:
+        problems.append(Problem(p, f"folder name lacks the <repeats>_ prefix, so it is ignored; "
+                                   f"rename it to e.g. 10_{p.name}"))
+    for p in loose_images:
+        problems.append(Problem(p, "images directly in the top folder are ignored; move it into a "
+                                   "<repeats>_<name> subfolder"))
+    if not any(s.items for s in subsets):
+        raise DatasetError(
+            f"{kind} folder {root} has no usable image (checked "
+            f"{', '.join(s.path.name for s in subsets)}), so training refuses to start; "
+            "add PNG/JPEG/WebP/BMP images or fix the files listed as problems")
+    return subsets
+
+
+def scan_dataset(train_dir: PathLike, reg_dir: Optional[PathLike] = None, caption_extension: str = ".txt",
+                 check_images: bool = True) -> DatasetScan:
+    """Scan the training (and optional regularization) folder.
+
+    check_images=True fully decodes every image (slower, but a truncated file is caught here
+    rather than in the middle of a run); False only reads headers.
+    """
+    problems: list[Problem] = []
+    caption_exts = _caption_extensions(caption_extension)
+    subsets = _scan_root(Path(train_dir), False, caption_exts, check_images, problems)
+    if reg_dir is not None and str(reg_dir).strip():
+        subsets += _scan_root(Path(reg_dir), True, caption_exts, check_images, problems)
+    return DatasetScan(subsets, problems)
+
+
+def usable_subsets(subsets: Iterable[Subset]) -> list[Subset]:
+    return [s for s in subsets if s.items]

@@ -1,0 +1,203 @@
+"""LoRA / LoCon / LoHa / LoKr through lycoris-lora, with kohya key names the WebUI loads.
+
+lycoris keeps its target lists as class attributes of LycorisNetworkKohya (global state). We set
+them for one construction under a lock and put the previous values back at once, so two runs in
+one process (or a user's other lycoris use) never see each other's settings.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..export.atomic import save_safetensors
+from ..export.hashes import with_hashes
+from ..export.metadata import lora_metadata
+from ..model.bundle import ModelBundle
+from .base import Method, SaveInfo
+
+# Which module classes each method reaches (kohya's defaults).
+ATTENTION_BLOCKS = ["Transformer2DModel"]
+CONV_BLOCKS = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
+TEXT_BLOCKS = ["CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP"]
+
+ALGO = {"lora": "lora", "locon": "locon", "loha": "loha", "lokr": "lokr"}
+NETWORK_MODULE = "lycoris.kohya"   # ss_network_module: what sd-scripts / the WebUI expect for LyCORIS files
+
+_preset_lock = threading.Lock()
+_PRESET_ATTRS = ("ENABLE_CONV", "UNET_TARGET_REPLACE_MODULE", "UNET_TARGET_REPLACE_NAME",
+                 "TEXT_ENCODER_TARGET_REPLACE_MODULE", "TEXT_ENCODER_TARGET_REPLACE_NAME",
+                 "MODULE_ALGO_MAP", "NAME_ALGO_MAP", "USE_FNMATCH", "TARGET_EXCLUDE_NAME")
+
+
+@contextmanager
+def _lycoris_preset(cls, **values):
+    with _preset_lock:
+        saved = {a: getattr(cls, a) for a in _PRESET_ATTRS if hasattr(cls, a)}
+        try:
+            for k, v in values.items():
+                setattr(cls, k, v)
+            yield
+        finally:
+            for k, v in saved.items():
+                setattr(cls, k, v)
+
+
+def lora_targets(method: str, conv_dim: int) -> dict:
+    """lycoris class attributes for one method: plain LoRA touches attention/feed-forward/1x1 proj
+    linears only; LoCon/LoHa/LoKr add the resnet and sampler convs unless conv_dim is 0."""
+    with_conv = method != "lora" and conv_dim > 0
+    return dict(
+        ENABLE_CONV=with_conv,
+        UNET_TARGET_REPLACE_MODULE=list(CONV_BLOCKS if with_conv else ATTENTION_BLOCKS),
+        UNET_TARGET_REPLACE_NAME=[],
+        TEXT_ENCODER_TARGET_REPLACE_MODULE=list(TEXT_BLOCKS),
+        TEXT_ENCODER_TARGET_REPLACE_NAME=[],
+        MODULE_ALGO_MAP={}, NAME_ALGO_MAP={}, USE_FNMATCH=False, TARGET_EXCLUDE_NAME=[],
+    )
+
+
+def build_network(cfg: TrainConfig, text_encoder, unet):
+    """A LycorisNetworkKohya over the given modules (not yet applied)."""
+    import logging
+
+    from lycoris.kohya import LycorisNetworkKohya
+
+    n = cfg.network
+    extra = {}
+    if n.method == "lokr":
+        extra["factor"] = n.lokr_factor
+    logging.getLogger("LyCORIS").setLevel(logging.WARNING)
+    with _lycoris_preset(LycorisNetworkKohya, **lora_targets(n.method, n.conv_dim)):
+        network = LycorisNetworkKohya(
+            text_encoder if n.train_text_encoder else None,
+            unet,
+            multiplier=n.multiplier,
+            lora_dim=n.dim,
+            alpha=n.alpha,
+            conv_lora_dim=n.conv_dim if n.method != "lora" else 0,
+            conv_alpha=n.conv_alpha,
+            dropout=n.dropout,
+            rank_dropout=n.rank_dropout,
+            module_dropout=n.module_dropout,
+            network_module=ALGO[n.method],
+            warn_on_unmatched=False,
+            **extra,
+        )
+    return network
+
+
+class LoraMethod(Method):
+    kind = "lora"
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__(cfg)
+        self.network = None
+
+    def attach(self, bundle: ModelBundle) -> None:
+        n = self.cfg.network
+        self.bundle = bundle
+        net = build_network(self.cfg, bundle.text_encoder, bundle.unet)
+        self._own_forward = {id(m) for root in (bundle.unet, bundle.text_encoder) for m in root.modules()
+                             if "forward" in m.__dict__}
+        net.apply_to(bundle.text_encoder, bundle.unet, apply_text_encoder=n.train_text_encoder,
+                     apply_unet=n.train_unet)
+        # the network's parameters live where the base weights live, in fp32 (trained precision)
+        device = next(bundle.unet.parameters()).device
+        net.to(device=device, dtype=torch.float32)
+        net.requires_grad_(True)
+        self.network = net
+
+    def detach(self) -> None:
+        if self.network is None:
+            return
+        wrapped = [lora.org_module[0] for lora in self.network.loras]
+        self.network.restore()
+        # lycoris' restore leaves the original forward as an instance attribute: drop it so the
+        # module is exactly as before (its class forward), unless it had its own before we came
+        for module in wrapped:
+            if id(module) not in self._own_forward:
+                module.__dict__.pop("forward", None)
+        self.network = None
+
+    def param_groups(self) -> list[dict]:
+        groups = []
+        te_lr, unet_lr = self.cfg.text_encoder_lr, self.cfg.unet_lr
+        te = [p for m in self.network.text_encoder_loras for p in m.parameters()]
+        un = [p for m in self.network.unet_loras for p in m.parameters()]
+        if te and te_lr > 0:
+            groups.append({"params": te, "lr": te_lr, "name": "text_encoder"})
+        if un and unet_lr > 0:
+            groups.append({"params": un, "lr": unet_lr, "name": "unet"})
+        # parts with lr 0 are frozen rather than updated with zero steps
+        for p in (te if te_lr <= 0 else []) + (un if unet_lr <= 0 else []):
+            p.requires_grad_(False)
+        return groups
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return bool(self.network and self.network.text_encoder_loras and self.cfg.text_encoder_lr > 0)
+
+    def train_mode(self, training: bool) -> None:
+        self.network.train(training)
+
+    def set_enabled(self, enabled: bool) -> None:
+        self.network.set_multiplier(self.cfg.network.multiplier if enabled else 0.0)
+
+    def state_dict(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, v in self.network.state_dict().items():
+            out[k] = v.detach().to("cpu", dtype=dtype).contiguous()
+        return out
+
+    def network_args(self) -> dict:
+        n = self.cfg.network
+        args = {"algo": n.method, "preset": "attn-mlp" if n.method == "lora" else "attn-mlp+conv"}
+        if n.method != "lora":
+            args.update(conv_dim=str(n.conv_dim), conv_alpha=str(n.conv_alpha))
+        if n.dropout:
+            args["dropout"] = str(n.dropout)
+        if n.rank_dropout:
+            args["rank_dropout"] = str(n.rank_dropout)
+        if n.module_dropout:
+            args["module_dropout"] = str(n.module_dropout)
+        if n.method == "lokr":
+            args["factor"] = str(n.lokr_factor)
+        return args
+
+    def save(self, path: Path, info: SaveInfo, *, overwrite: bool) -> Path:
+        cfg, b = self.cfg, self.bundle
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.output.save_precision]
+        tensors = self.state_dict(dtype)
+        t, d, n = cfg.training, cfg.data, cfg.network
+        meta = lora_metadata(
+            output_name=cfg.output_name,
+            network_module="networks.lora" if n.method == "lora" else NETWORK_MODULE,
+            dim=n.dim, alpha=n.alpha, network_args=self.network_args(),
+            base_model_version=b.base_model_version, v2=b.version == "sd2", v_prediction=b.v_prediction,
+            sd_model_name=b.model_name, sd_model_hash=b.model_hash, sd_new_model_hash=b.model_sha256,
+            vae_name=b.vae_name, resolution=(d.resolution, d.resolution),
+            num_train_images=info.extra.get("num_train_images", 0),
+            num_reg_images=info.extra.get("num_reg_images", 0),
+            num_epochs=t.max_train_epochs, epoch=info.epoch, steps=info.step,
+            learning_rate=t.learning_rate, unet_lr=cfg.unet_lr, text_encoder_lr=cfg.text_encoder_lr,
+            optimizer=t.optimizer, lr_scheduler=t.lr_scheduler,
+            lr_warmup_steps=info.extra.get("warmup_steps", 0),
+            clip_skip=info.extra.get("clip_skip", 1), max_token_length=d.max_token_length,
+            mixed_precision=t.mixed_precision, noise_offset=t.noise_offset, min_snr_gamma=t.min_snr_gamma,
+            seed=t.seed, tag_frequency=info.extra.get("tag_frequency", {}),
+            dataset_dirs=info.extra.get("dataset_dirs", {}),
+            training_started_at=info.started_at, training_finished_at=info.finished_at,
+            comment=cfg.output.comment, architecture=b.modelspec_architecture,
+            title=cfg.output_name, prediction_type=b.prediction_type,
+        )
+        save_safetensors(tensors, path, with_hashes(tensors, meta), overwrite=overwrite)
+        return path
+
+    def prompt_usage(self, name: str) -> str:
+        return f"<lora:{name}:{self.cfg.output.preferred_weight:g}>"
+
+

@@ -1,0 +1,93 @@
+"""How the loop talks to its caller: callbacks out, commands in (polled once per step)."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass
+class StepInfo:
+    step: int
+    total_steps: int
+    epoch: int
+    total_epochs: int
+    loss: float
+    avg_loss: float
+    lr: float
+    it_per_s: float
+    eta_s: float
+
+
+@dataclass
+class TrainResult:
+    output_path: Optional[Path]
+    steps: int
+    epochs: int
+    stopped: bool
+    saved: list = field(default_factory=list)
+    losses: list = field(default_factory=list)
+    prompt_usage: str = ""
+    previews: list = field(default_factory=list)
+
+
+class Callbacks:
+    """Subclass and override what you need; every hook is optional."""
+
+    def on_start(self, info: dict) -> None: ...
+    def on_status(self, text: str) -> None: ...
+    def on_step(self, info: StepInfo) -> None: ...
+    def on_sample(self, images: list, step: int) -> None: ...   # [(prompt, PIL.Image)]
+    def on_saved(self, path: Path, final: bool) -> None: ...
+    def on_end(self, result: TrainResult) -> None: ...
+
+
+class MultiCallbacks(Callbacks):
+    """Fans every event out to several subscribers (UI, console, WebUI progress)."""
+
+    def __init__(self, *targets: Callbacks):
+        self.targets = [t for t in targets if t is not None]
+
+    def _each(self, hook: str, *args) -> None:
+        for t in self.targets:
+            getattr(t, hook)(*args)
+
+    def on_start(self, info): self._each("on_start", info)
+    def on_status(self, text): self._each("on_status", text)
+    def on_step(self, info): self._each("on_step", info)
+    def on_sample(self, images, step): self._each("on_sample", images, step)
+    def on_saved(self, path, final): self._each("on_saved", path, final)
+    def on_end(self, result): self._each("on_end", result)
+
+
+class Commands:
+    """Thread-safe requests from the UI/CLI; the loop polls them after every optimizer step."""
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self._sample = threading.Event()
+        self._save = threading.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_sample(self) -> None:
+        self._sample.set()
+
+    def request_save(self) -> None:
+        self._save.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def take_sample(self) -> bool:
+        hit = self._sample.is_set()
+        self._sample.clear()
+        return hit
+
+    def take_save(self) -> bool:
+        hit = self._save.is_set()
+        self._save.clear()
+        return hit

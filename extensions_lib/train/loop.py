@@ -1,0 +1,262 @@
+"""The one training loop. It knows a Method, never which one.
+
+Read top to bottom: set up optimizer/schedule/conditioning, then for each epoch and batch:
+latents -> noise -> UNet -> loss -> backward -> (all-reduce) -> clip -> step, with events, saving
+and previews at their intervals, and a stop request honoured after every optimizer step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..config import ConfigError, ConfigProblem, TrainConfig
+from ..methods.base import Method, SaveInfo
+from .events import Callbacks, Commands, StepInfo, TrainResult
+from .objective import denoising_loss, sample_noise, sample_timesteps, target_for
+from .optimizers import build_optimizer, build_scheduler, warmup_steps
+from .preview import sample_images
+from .text import TextConditioner
+
+
+@dataclass
+class Dist:
+    """Process layout: one process inside the WebUI, N under `accelerate launch`."""
+    num_processes: int = 1
+    process_index: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.process_index == 0
+
+    @classmethod
+    def from_accelerate(cls) -> "Dist":
+        from accelerate import PartialState
+
+        s = PartialState()
+        return cls(s.num_processes, s.process_index)
+
+    def average_gradients(self, params: list[torch.Tensor]) -> None:
+        if self.num_processes == 1:
+            return
+        import torch.distributed as dist
+
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.num_processes
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def barrier(self) -> None:
+        if self.num_processes > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
+    mp = cfg.training.mixed_precision
+    if mp == "no":
+        return None
+    if mp == "fp16" and device.type != "cuda":
+        raise ConfigError([ConfigProblem("training.mixed_precision", mp,
+                                         "fp16 needs a CUDA GPU; on this device use bf16 or no")])
+    return torch.float16 if mp == "fp16" else torch.bfloat16
+
+
+def plan_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int, int]:
+    """(optimizer steps per epoch, total steps, epochs)."""
+    per_epoch = max(1, math.ceil(batches_per_epoch / cfg.training.gradient_accumulation_steps))
+    t = cfg.training
+    total = t.max_train_steps or per_epoch * t.max_train_epochs
+    return per_epoch, total, math.ceil(total / per_epoch)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, bundle, method: Method, dataset, *, output_dir: Path,
+                 callbacks: Optional[Callbacks] = None, commands: Optional[Commands] = None,
+                 dist: Optional[Dist] = None, clip_skip: int = 1, save_extra: Optional[dict] = None,
+                 path_for: Optional[Callable] = None):
+        self.cfg, self.bundle, self.method, self.dataset = cfg, bundle, method, dataset
+        self.output_dir = Path(output_dir)
+        self.cb = callbacks or Callbacks()
+        self.commands = commands or Commands()
+        self.dist = dist or Dist()
+        self.clip_skip = clip_skip
+        self.save_extra = save_extra or {}
+        self.path_for = path_for
+        self.device = next(bundle.unet.parameters()).device
+        self.autocast = autocast_dtype(cfg, self.device)
+        self.started_at = time.time()
+        self.saved: list[Path] = []
+        self.previews: list = []
+        self._last_preview_step = -1
+
+    # -- pieces -----------------------------------------------------------------------------
+    def _conditioner(self) -> TextConditioner:
+        static = getattr(self.dataset, "captions_are_static", False)
+        return TextConditioner(self.bundle.tokenizer, self.bundle.text_encoder,
+                               max_token_length=self.cfg.data.max_token_length, clip_skip=self.clip_skip,
+                               cache=static and not self.method.trains_text_encoder)
+
+    def _latents(self, batch) -> torch.Tensor:
+        if batch.latents is not None:
+            return batch.latents.to(self.device)
+        vae = self.bundle.vae
+        with torch.no_grad():
+            px = batch.pixels.to(self.device, dtype=next(vae.parameters()).dtype)
+            return vae.encode(px).latent_dist.sample().float() * self.bundle.vae_scale_factor
+
+    def _save(self, *, step: int, epoch: int, final: bool, label: dict) -> Optional[Path]:
+        if not self.dist.is_main:
+            return None
+        from ..export.naming import output_path
+
+        name = self.cfg.output_name
+        path = Path(output_path(self.output_dir, name, ext=self.method.file_suffix, **label))
+        info = SaveInfo(step=step, epoch=epoch, final=final, started_at=self.started_at,
+                        finished_at=time.time() if final else None,
+                        extra=dict(self.save_extra, warmup_steps=self.warmup, clip_skip=self.clip_skip))
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.method.save(path, info, overwrite=self.cfg.output.overwrite)
+        self.saved.append(path)
+        self.cb.on_saved(path, final)
+        return path
+
+    def _preview(self, step: int) -> None:
+        s = self.cfg.sample
+        if not s.prompts or not self.dist.is_main:
+            return
+        if step == self._last_preview_step:
+            return
+        self._last_preview_step = step
+        self.cb.on_status(f"Sampling {len(s.prompts)} preview(s)…")
+        self.method.train_mode(False)
+        images = sample_images(self.bundle, list(s.prompts), negative=s.negative_prompt, steps=s.steps,
+                               cfg_scale=s.cfg_scale, width=s.width, height=s.height, seed=s.seed,
+                               clip_skip=self.clip_skip, max_token_length=self.cfg.data.max_token_length,
+                               autocast_dtype=self.autocast)
+        self.method.train_mode(True)
+        pairs = list(zip(s.prompts, images))
+        self.previews = pairs
+        self.cb.on_sample(pairs, step)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg, t = self.cfg, self.cfg.training
+        bundle, method = self.bundle, self.method
+        scheduler = bundle.noise_scheduler
+        groups = method.param_groups()
+        params = [p for g in groups for p in g["params"]]
+        if not params:
+            raise ConfigError([ConfigProblem("network.method", cfg.network.method,
+                                             "nothing to train: every learning rate of its parts is 0")])
+        optimizer = build_optimizer(cfg, groups, self.device)
+        batches_per_epoch = self.dataset.steps_per_epoch(self.dist.num_processes)
+        per_epoch, total_steps, epochs = plan_steps(cfg, batches_per_epoch)
+        self.warmup = warmup_steps(cfg, total_steps)
+        lr_schedule = build_scheduler(cfg, optimizer, total_steps)
+        cond = self._conditioner()
+        accum = t.gradient_accumulation_steps
+        gen = torch.Generator().manual_seed(t.seed + 7919 * self.dist.process_index)
+        scaler = torch.cuda.amp.GradScaler() if self.autocast == torch.float16 else None
+
+        checkpointing = self._set_checkpointing(t.gradient_checkpointing)
+        method.train_mode(True)
+        self.cb.on_start({"total_steps": total_steps, "epochs": epochs, "steps_per_epoch": per_epoch,
+                          "trainable_params": sum(p.numel() for p in params)})
+        step, losses, stopped = 0, [], False
+        recent: list[float] = []
+        t0 = time.time()
+        try:
+            for epoch in range(1, epochs + 1):
+                batches = self.dataset.epoch_batches(epoch - 1, num_shards=self.dist.num_processes,
+                                                     shard_index=self.dist.process_index)
+                micro = 0
+                for i, batch in enumerate(batches):
+                    latents = self._latents(batch)
+                    captions = [method.caption(c) for c in batch.captions]
+                    with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                        ctx = cond(captions)
+                        noise = sample_noise(latents, t.noise_offset, gen)
+                        ts = sample_timesteps(latents.shape[0], scheduler, gen, self.device)
+                        noisy = scheduler.add_noise(latents, noise, ts)
+                        pred = bundle.unet(noisy, ts, ctx.to(self.device)).sample
+                    weights = torch.where(batch.is_reg, cfg.data.prior_loss_weight, 1.0)
+                    loss = denoising_loss(pred, target_for(scheduler, latents, noise, ts), scheduler=scheduler,
+                                          timesteps=ts, min_snr_gamma=t.min_snr_gamma, sample_weights=weights)
+                    (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+                    recent.append(float(loss.detach()))
+                    micro += 1
+                    if micro % accum and i != len(batches) - 1:
+                        continue
+                    self.dist.average_gradients(params)
+                    if scaler:
+                        scaler.unscale_(optimizer)
+                    if t.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+                    (scaler.step(optimizer), scaler.update()) if scaler else optimizer.step()
+                    lr_schedule.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    step_loss = sum(recent) / len(recent)
+                    recent = []
+                    losses.append(step_loss)
+                    elapsed = time.time() - t0
+                    window = losses[-50:]
+                    self.cb.on_step(StepInfo(step=step, total_steps=total_steps, epoch=epoch, total_epochs=epochs,
+                                             loss=step_loss, avg_loss=sum(window) / len(window),
+                                             lr=optimizer.param_groups[-1]["lr"], it_per_s=step / elapsed,
+                                             eta_s=elapsed / step * (total_steps - step)))
+                    if self.commands.stop_requested:
+                        stopped = True
+                        break
+                    if step >= total_steps:
+                        break
+                    s_o = cfg.output.save_every_n_steps
+                    if (s_o and step % s_o == 0) or self.commands.take_save():
+                        self._save(step=step, epoch=epoch, final=False, label={"step": step})
+                    if (cfg.sample.every_n_steps and step % cfg.sample.every_n_steps == 0) or self.commands.take_sample():
+                        self._preview(step)
+                if stopped or step >= total_steps:
+                    break
+                if cfg.output.save_every_n_epochs and epoch % cfg.output.save_every_n_epochs == 0:
+                    self._save(step=step, epoch=epoch, final=False, label={"epoch": epoch})
+                if cfg.sample.every_n_epochs and epoch % cfg.sample.every_n_epochs == 0:
+                    self._preview(step)
+            # the final file also holds what was learned when the user pressed stop
+            self._preview(step)
+            final = self._save(step=step, epoch=epoch, final=True, label={})
+        finally:
+            method.train_mode(False)
+            self._set_checkpointing(checkpointing, restore=True)
+        result = TrainResult(output_path=final, steps=step, epochs=epoch, stopped=stopped, saved=list(self.saved),
+                             losses=losses, prompt_usage=method.prompt_usage(cfg.output_name),
+                             previews=self.previews)
+        self.cb.on_end(result)
+        return result
+
+    def _set_checkpointing(self, on, restore: bool = False):
+        """Gradient checkpointing on the view modules (diffusers only checkpoints in train mode)."""
+        unet, te = self.bundle.unet, self.bundle.text_encoder
+        if restore:
+            if on:
+                unet.disable_gradient_checkpointing()
+                te.gradient_checkpointing_disable()
+                unet.eval()
+                te.eval()
+            return on
+        if on:
+            unet.enable_gradient_checkpointing()
+            unet.train()
+            if self.method.trains_text_encoder:
+                te.gradient_checkpointing_enable()
+                te.train()
+        return on

@@ -1,0 +1,78 @@
+"""Optimizers and learning-rate schedules by name, with clear refusals when one cannot run here."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config import ConfigError, ConfigProblem, TrainConfig
+
+
+def _unavailable(name: str, why: str) -> ConfigError:
+    return ConfigError([ConfigProblem("training.optimizer", name,
+                                      f"cannot run here ({why}); choose adamw, lion or adafactor instead")])
+
+
+def _probe_8bit(cls, device) -> None:
+    """bitsandbytes' CPU support depends on its version and build: one tiny real step tells."""
+    p = torch.nn.Parameter(torch.ones(4096, device=device))
+    opt = cls([p], lr=1e-3)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    if not torch.isfinite(p).all():
+        raise RuntimeError("the test step produced non-finite values")
+
+
+def build_optimizer(cfg: TrainConfig, groups: list[dict], device) -> torch.optim.Optimizer:
+    t = cfg.training
+    name = t.optimizer
+    lr = t.learning_rate
+    clean = [{k: v for k, v in g.items() if k != "name"} for g in groups]
+    if name == "adamw":
+        return torch.optim.AdamW(clean, lr=lr, weight_decay=t.weight_decay)
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+
+            _probe_8bit(bnb.optim.AdamW8bit, device)
+        except Exception as e:  # ImportError, missing native library, unsupported device
+            raise _unavailable(name, f"bitsandbytes 8-bit AdamW failed: {str(e).splitlines()[0][:160]}") from None
+        return bnb.optim.AdamW8bit(clean, lr=lr, weight_decay=t.weight_decay)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(clean, lr=lr, weight_decay=t.weight_decay, relative_step=False,
+                         scale_parameter=False, warmup_init=False)
+    if name == "lion":
+        try:
+            from lion_pytorch import Lion
+        except ImportError:
+            raise _unavailable(name, "the lion-pytorch package is missing: pip install lion-pytorch") from None
+        return Lion(clean, lr=lr, weight_decay=t.weight_decay)
+    if name == "sgd_nesterov":
+        return torch.optim.SGD(clean, lr=lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay)
+    if name == "prodigy":
+        try:
+            from prodigyopt import Prodigy
+        except ImportError:
+            raise _unavailable(name, "the prodigyopt package is missing: pip install prodigyopt") from None
+        return Prodigy(clean, lr=lr, weight_decay=t.weight_decay)
+    raise ConfigError([ConfigProblem("training.optimizer", name, "unknown optimizer")])
+
+
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    w = cfg.training.lr_warmup_steps
+    return int(math.ceil(w * total_steps)) if 0 < w < 1 else int(w)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
+    from diffusers.optimization import get_scheduler
+
+    t = cfg.training
+    return get_scheduler(
+        t.lr_scheduler, optimizer,
+        num_warmup_steps=warmup_steps(cfg, total_steps),
+        num_training_steps=total_steps,
+        num_cycles=t.lr_scheduler_num_cycles,
+        power=t.lr_scheduler_power,
+    )

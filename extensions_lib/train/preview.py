@@ -1,0 +1,45 @@
+"""Preview images during training: DDIM sampling with classifier-free guidance on the bundle.
+
+Uses the same text conditioning as training (chunks, clip skip) so previews show what the WebUI
+will show. Seeded, so previews at different steps compare.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .text import encode, tokenize
+
+
+@torch.no_grad()
+def sample_images(bundle, prompts: list[str], *, negative: str = "", steps: int = 20, cfg_scale: float = 7.0,
+                  width: int = 512, height: int = 512, seed: int = 1234, clip_skip: int = 1,
+                  max_token_length: int = 75, autocast_dtype=None) -> list[Image.Image]:
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(bundle.noise_scheduler.config)
+    sched.config.clip_sample = False
+    sched.set_timesteps(steps)
+    unet, vae = bundle.unet, bundle.vae
+    device = next(unet.parameters()).device
+    down = 2 ** (len(vae.config.block_out_channels) - 1)
+    images = []
+    uncond = encode(bundle.text_encoder, tokenize(bundle.tokenizer, [negative], max_token_length), clip_skip)
+    for i, prompt in enumerate(prompts):
+        cond = encode(bundle.text_encoder, tokenize(bundle.tokenizer, [prompt], max_token_length), clip_skip)
+        ctx = torch.cat([uncond, cond]).to(device)
+        g = torch.Generator().manual_seed(seed + i)
+        shape = (1, vae.config.latent_channels, height // down, width // down)
+        latents = torch.randn(shape, generator=g).to(device) * sched.init_noise_sigma
+        ctx_dtype = next(unet.parameters()).dtype
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            for t in sched.timesteps:
+                inp = sched.scale_model_input(torch.cat([latents] * 2), t)
+                pred = unet(inp.to(ctx_dtype), t, ctx.to(ctx_dtype)).sample.float()
+                pu, pc = pred.chunk(2)
+                latents = sched.step(pu + cfg_scale * (pc - pu), t, latents).prev_sample
+            x = vae.decode((latents / bundle.vae_scale_factor).to(next(vae.parameters()).dtype)).sample
+        arr = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        images.append(Image.fromarray(np.ascontiguousarray(arr)))
+    return images

@@ -1,0 +1,38 @@
+"""Command-line options of the Train extension.
+
+The WebUI loads this file by path (modules/script_loading.preload_extensions) before it parses the
+command line and calls preload(parser); the values end up in modules.shared.cmd_opts as
+cmd_opts.trainer_output_dir, cmd_opts.trainer_disable_api and cmd_opts.trainer_max_resolution.
+The extension folder is not on sys.path at that point, so this file imports nothing of ours.
+"""
+import argparse
+import os
+
+
+def _absolute_path(value: str) -> str:
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def _resolution(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--trainer-max-resolution expects a number of pixels like 1024, got {value!r}")
+    if number < 64 or number % 64:
+        raise argparse.ArgumentTypeError(f"--trainer-max-resolution must be a multiple of 64 and at least 64, got {number}")
+    return number
+
+
+def preload(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trainer-output-dir", type=_absolute_path, default=None,
+        help="Train extension: folder for training runs (logs, preview images, resumable state). "
+             "Finished LoRAs, embeddings and hypernetworks still go to the WebUI's model folders. "
+             "Default: a folder under the WebUI's outputs folder.")
+    parser.add_argument(
+        "--trainer-disable-api", action="store_true", default=False,
+        help="Train extension: do not add its REST API routes; the Train tab still works.")
+    parser.add_argument(
+        "--trainer-max-resolution", type=_resolution, default=None,
+        help="Train extension: largest training resolution (side of a square bucket, in pixels) a user may "
+             "pick, e.g. 768 on a shared server with little VRAM. Default: no limit.")

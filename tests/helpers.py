@@ -1,0 +1,53 @@
+"""Shared test helpers: tiny models, small image datasets, quick configs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from extensions_lib.config import TrainConfig
+from extensions_lib.model.tiny import build_tiny_bundle
+
+TOKENIZER_DIR = Path(__file__).resolve().parent.parent / ".pytest_cache" / "char-tokenizer"
+
+
+def tiny_bundle(version: str = "sd1", seed: int = 0, v_prediction: bool = False):
+    return build_tiny_bundle(TOKENIZER_DIR, version=version, seed=seed, v_prediction=v_prediction)
+
+
+def make_images(folder: Path, n: int = 4, size: int = 64, seed: int = 0, captions: bool = True) -> Path:
+    """n distinct, structured pictures (a coloured square on a gradient) with captions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(n):
+        a = np.stack([xx * 255, yy * 255, np.full_like(xx, 40 * i)], -1)
+        x0, y0 = rng.integers(0, size // 2, 2)
+        a[y0:y0 + size // 3, x0:x0 + size // 3] = rng.integers(0, 255, 3)
+        Image.fromarray(a.astype(np.uint8)).save(folder / f"img{i}.png")
+        if captions:
+            (folder / f"img{i}.txt").write_text(f"a photo of sks, picture {i}", encoding="utf-8")
+    return folder
+
+
+def quick_config(train_dir: Path, out_dir: Path, method: str = "lora", **overrides) -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.data.train_dir = str(train_dir)
+    cfg.data.resolution = 64
+    cfg.data.min_bucket_reso = 64
+    cfg.data.max_bucket_reso = 128
+    cfg.network.method = method
+    cfg.network.dim = 4
+    cfg.network.alpha = 4
+    cfg.network.conv_dim = 4
+    cfg.network.conv_alpha = 4
+    cfg.training.max_train_epochs = 2
+    cfg.training.learning_rate = 1e-3
+    cfg.training.lr_scheduler = "constant"
+    cfg.output.output_dir = str(out_dir)
+    cfg.output.name = f"test_{method}"
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        setattr(getattr(cfg, section), key, value)
+    return cfg

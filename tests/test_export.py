@@ -1,0 +1,458 @@
+"""Tests of extensions_lib.export: files are read back with independent readers (raw bytes,
+safetensors, torch.load, zipfile, pickletools, PIL), never only with our own code."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import os
+import pickletools
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+import safetensors.torch
+
+from extensions_lib.export import (
+    OutputExistsError,
+    atomic_write,
+    autov2_hash,
+    embedding_metadata,
+    existing_previews,
+    file_sha256,
+    legacy_hash,
+    lora_metadata,
+    model_hash_sha256,
+    output_path,
+    safetensors_data_sha256,
+    save_safetensors,
+    save_torch_legacy,
+    validate_output_name,
+    with_hashes,
+    write_lora_sidecar,
+    write_preview_png,
+)
+
+SS_KEYS = {
+    "ss_output_name", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
+    "ss_base_model_version", "ss_v2", "ss_sd_model_name", "ss_sd_model_hash", "ss_new_sd_model_hash",
+    "ss_vae_name", "ss_resolution", "ss_num_train_images", "ss_num_reg_images", "ss_num_epochs", "ss_epoch",
+    "ss_steps", "ss_learning_rate", "ss_unet_lr", "ss_text_encoder_lr", "ss_optimizer", "ss_lr_scheduler",
+    "ss_lr_warmup_steps", "ss_clip_skip", "ss_max_token_length", "ss_mixed_precision", "ss_noise_offset",
+    "ss_min_snr_gamma", "ss_seed", "ss_tag_frequency", "ss_dataset_dirs", "ss_training_started_at",
+    "ss_training_finished_at", "ss_training_comment",
+}
+MODELSPEC_KEYS = {
+    "modelspec.sai_model_spec", "modelspec.architecture", "modelspec.implementation", "modelspec.title",
+    "modelspec.resolution", "modelspec.date", "modelspec.prediction_type", "modelspec.encoder_layer",
+    "modelspec.description",
+}
+# globals the WebUI's RestrictedUnpickler (modules/safe.py, v1.10.1) lets a .pt use
+WEBUI_ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    *{("torch", n) for n in ("FloatStorage", "HalfStorage", "IntStorage", "LongStorage", "DoubleStorage",
+                             "ByteStorage", "float32", "BFloat16Storage")},
+}
+
+
+def lora_kwargs(**over):
+    kw = dict(
+        output_name="my_lora", network_module="networks.lora", dim=8, alpha=4.0,
+        network_args={"conv_dim": 4, "algo": "locon"}, base_model_version="sd_v1", v2=False, v_prediction=False,
+        sd_model_name="v1-5-pruned.safetensors", sd_model_hash="e1441589", sd_new_model_hash="a" * 64,
+        vae_name=None, resolution=(512, 768), num_train_images=40, num_reg_images=0, num_epochs=10, epoch=2,
+        steps=500, learning_rate=1e-4, unet_lr=1e-4, text_encoder_lr=5e-5, optimizer="torch.optim.AdamW",
+        lr_scheduler="cosine", lr_warmup_steps=0, clip_skip=2, max_token_length=None, mixed_precision="bf16",
+        noise_offset=None, min_snr_gamma=5.0, seed=1234,
+        tag_frequency={"10_cat": {"cat": 10, "sitting": 3}}, dataset_dirs={"10_cat": {"n_repeats": 10, "img_count": 4}},
+        training_started_at=1700000000.5, training_finished_at=1700003600.25, comment="hello",
+        description="A cat LoRA",
+    )
+    kw.update(over)
+    return kw
+
+
+def tiny_tensors(n: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.randn(4, n, generator=g),
+        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.randn(n, 4, generator=g),
+        "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0),
+    }
+
+
+def read_raw(path):
+    """Split a safetensors file by hand: 8-byte little-endian header length, JSON header, data."""
+    raw = open(path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    return raw, header, raw[8 + n:]
+
+
+def files_in(folder):
+    return sorted(os.listdir(folder))
+
+
+# ---------------------------------------------------------------- metadata
+
+def test_lora_metadata_exact_keys_all_str_and_sd_scripts_values():
+    meta = lora_metadata(**lora_kwargs())
+    assert set(meta) == SS_KEYS | MODELSPEC_KEYS
+    assert all(isinstance(v, str) for v in meta.values())
+    assert meta["ss_v2"] == "False"
+    assert meta["ss_vae_name"] == "None" and meta["ss_max_token_length"] == "None"
+    assert meta["ss_resolution"] == "(512, 768)" and meta["modelspec.resolution"] == "512x768"
+    assert meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "4.0"
+    assert json.loads(meta["ss_network_args"]) == {"conv_dim": 4, "algo": "locon"}
+    assert json.loads(meta["ss_tag_frequency"]) == {"10_cat": {"cat": 10, "sitting": 3}}
+    assert json.loads(meta["ss_dataset_dirs"])["10_cat"]["img_count"] == 4
+    assert float(meta["ss_training_started_at"]) == 1700000000.5
+    assert meta["ss_training_comment"] == "hello"
+    assert meta["modelspec.sai_model_spec"] == "1.0.0"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert meta["modelspec.implementation"] == "diffusers"  # sd-scripts' choice for SD1/SD2 LoRA
+    assert meta["modelspec.title"] == "my_lora"
+    assert meta["modelspec.prediction_type"] == "epsilon"
+    assert meta["modelspec.encoder_layer"] == "2"
+    assert meta["modelspec.description"] == "A cat LoRA"
+    date = datetime.datetime.fromisoformat(meta["modelspec.date"])
+    assert date.timestamp() == 1700003600  # save time, whole seconds
+
+
+def test_lora_metadata_optional_modelspec_keys_left_out_and_variants():
+    meta = lora_metadata(**lora_kwargs(clip_skip=None, description=None, training_finished_at=None))
+    assert set(meta) == SS_KEYS | MODELSPEC_KEYS - {"modelspec.encoder_layer", "modelspec.description"}
+    assert meta["ss_clip_skip"] == "None" and meta["ss_training_finished_at"] == "None"
+
+    v2 = lora_metadata(**lora_kwargs(base_model_version="sd_v2_v", v2=True, v_prediction=True))
+    assert v2["ss_v2"] == "True"  # the WebUI compares this string to "True"
+    assert v2["modelspec.architecture"] == "stable-diffusion-v2-768-v/lora"
+    assert v2["modelspec.prediction_type"] == "v"
+
+    xl = lora_metadata(**lora_kwargs(base_model_version="sdxl_base_v1-0", resolution=(1024, 1024)))
+    assert xl["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert xl["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"
+
+
+@pytest.mark.parametrize(
+    "over, field",
+    [
+        (dict(base_model_version="sd_v2", v2=False), "v2"),
+        (dict(base_model_version="sd_v1", v_prediction=True), "v_prediction"),
+        (dict(base_model_version="sd_v3"), "base_model_version"),
+        (dict(prediction_type="v"), "prediction_type"),
+        (dict(resolution=(512,)), "resolution"),
+        (dict(extra={"modelspec.x": 1}), "extra"),
+    ],
+)
+def test_lora_metadata_rejects_inconsistent_input(over, field):
+    with pytest.raises(ValueError, match=field):
+        lora_metadata(**lora_kwargs(**over))
+
+
+def test_lora_metadata_extra_keys_are_str():
+    meta = lora_metadata(**lora_kwargs(extra={"ss_network_dropout": None, "ss_cache_latents": True}))
+    assert meta["ss_network_dropout"] == "None" and meta["ss_cache_latents"] == "True"
+
+
+def test_embedding_metadata_keys_all_str():
+    meta = embedding_metadata(
+        name="my_emb", step=300, sd_checkpoint="6ce0161689", sd_checkpoint_name="v1-5-pruned",
+        num_vectors_per_token=4, init_text="cat", architecture="stable-diffusion-v1", resolution=(512, 512),
+        saved_at=1700000000.0, clip_skip=1,
+    )
+    assert set(meta) == {"name", "step", "sd_checkpoint", "sd_checkpoint_name", "num_vectors_per_token", "init_text",
+                         *(MODELSPEC_KEYS - {"modelspec.description"})}
+    assert all(isinstance(v, str) for v in meta.values())
+    assert meta["step"] == "300" and meta["num_vectors_per_token"] == "4"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/textual-inversion"
+    assert meta["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"
+    assert meta["modelspec.title"] == "my_emb"
+
+
+def test_metadata_round_trips_through_safetensors(tmp_path):
+    tensors = tiny_tensors()
+    meta = with_hashes(tensors, lora_metadata(**lora_kwargs()))
+    path = save_safetensors(tensors, tmp_path / "my_lora.safetensors", meta, overwrite=False)
+    with safe_open(path, framework="pt") as f:
+        assert f.metadata() == meta
+    loaded = load_file(path)
+    assert loaded.keys() == tensors.keys()
+    for k in tensors:
+        assert torch.equal(loaded[k], tensors[k])
+
+
+# ---------------------------------------------------------------- hashes
+
+def test_model_hash_is_sha256_of_data_section_and_ignores_metadata(tmp_path):
+    tensors = tiny_tensors()
+    meta = with_hashes(tensors, lora_metadata(**lora_kwargs()))
+    path = save_safetensors(tensors, tmp_path / "a.safetensors", meta, overwrite=False)
+    raw, header, data = read_raw(path)
+    assert header["__metadata__"]["sshs_model_hash"] == hashlib.sha256(data).hexdigest()
+    assert meta["sshs_model_hash"] == model_hash_sha256(tensors, meta) == safetensors_data_sha256(path)
+
+    # metadata changes (different lengths, different keys) leave the data section and the hash alone
+    other = with_hashes(tensors, lora_metadata(**lora_kwargs(output_name="x" * 90, comment="a much longer comment")))
+    assert other["sshs_model_hash"] == meta["sshs_model_hash"]
+    path2 = save_safetensors(tensors, tmp_path / "b.safetensors", {"only": "this"}, overwrite=False)
+    assert hashlib.sha256(read_raw(path2)[2]).hexdigest() == meta["sshs_model_hash"]
+    # ... while different weights change it
+    assert model_hash_sha256(tiny_tensors(seed=1)) != meta["sshs_model_hash"]
+
+
+def test_legacy_hash_matches_additional_networks_definition(tmp_path):
+    # > 1 MiB of tensor data so the 64 KiB window at offset 1 MiB is real data
+    tensors = {"big.lora_down.weight": torch.arange(400_000, dtype=torch.float32), **tiny_tensors()}
+    meta = with_hashes(tensors, {**lora_metadata(**lora_kwargs()), "user_note": "not hashed"})
+    path = save_safetensors(tensors, tmp_path / "big.safetensors", meta, overwrite=False)
+
+    # independent recomputation: reload, keep ss_* metadata only, re-serialize, hash [1 MiB, 1 MiB + 64 KiB)
+    with safe_open(path, framework="pt") as f:
+        file_meta = f.metadata()
+    reserialized = safetensors.torch.save(load_file(path), {k: v for k, v in file_meta.items() if k.startswith("ss_")})
+    expected = hashlib.sha256(reserialized[0x100000:0x110000]).hexdigest()[:8]
+    assert file_meta["sshs_legacy_hash"] == expected == legacy_hash(tensors, meta)
+    assert expected != hashlib.sha256(b"").hexdigest()[:8]
+
+    # non-ss_ keys do not enter it; a different-length ss_ value shifts the window and does
+    assert legacy_hash(tensors, {**meta, "modelspec.title": "t" * 500}) == expected
+    assert legacy_hash(tensors, {**meta, "ss_output_name": "longer_name_here"}) != expected
+
+
+def test_legacy_hash_of_small_file_is_hash_of_nothing():
+    # sd-scripts reads past the end of a < 1 MiB file and hashes b""
+    assert legacy_hash(tiny_tensors(), {}) == hashlib.sha256(b"").hexdigest()[:8] == "e3b0c442"
+
+
+def test_file_sha256_and_autov2(tmp_path):
+    p = tmp_path / "blob.bin"
+    payload = os.urandom(3 * 1024 * 1024 + 17)  # spans several read chunks
+    p.write_bytes(payload)
+    assert file_sha256(p) == hashlib.sha256(payload).hexdigest()
+    assert autov2_hash(p) == hashlib.sha256(payload).hexdigest()[:10]
+
+
+def test_with_hashes_rejects_non_str_metadata():
+    with pytest.raises(TypeError, match="ss_network_dim"):
+        with_hashes(tiny_tensors(), {"ss_network_dim": 8})
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def test_failed_write_leaves_earlier_file_identical_and_no_temp_files(tmp_path):
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"earlier content")
+    seen = []
+
+    def half_then_fail(tmp):
+        seen.append(tmp)
+        with open(tmp, "wb") as f:
+            f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, half_then_fail, overwrite=True)
+    assert target.read_bytes() == b"earlier content"
+    assert files_in(tmp_path) == ["model.safetensors"]
+    # the temporary file was hidden, in the same folder, with an extension the WebUI does not list
+    tmp_name = os.path.basename(seen[0])
+    assert os.path.dirname(seen[0]) == str(tmp_path)
+    assert tmp_name.startswith(".model.safetensors.tmp-")
+
+
+def test_interrupt_during_write_cleans_up(tmp_path):
+    def interrupted(tmp):
+        open(tmp, "wb").write(b"x")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "m.pt", interrupted, overwrite=False)
+    assert files_in(tmp_path) == []
+
+
+def test_no_overwrite_without_flag(tmp_path):
+    target = tmp_path / "mine.safetensors"
+    target.write_bytes(b"user's file")
+    calls = []
+    with pytest.raises(OutputExistsError) as err:
+        atomic_write(target, calls.append, overwrite=False)
+    assert calls == []  # refused before doing any work
+    assert str(target) in str(err.value) and "overwrite" in str(err.value)
+    assert isinstance(err.value, FileExistsError)
+    assert target.read_bytes() == b"user's file"
+
+    with pytest.raises(OutputExistsError):
+        save_safetensors(tiny_tensors(), target, {}, overwrite=False)
+    assert target.read_bytes() == b"user's file"
+    assert files_in(tmp_path) == ["mine.safetensors"]
+
+
+def test_overwrite_replaces_and_creates_folders(tmp_path):
+    target = tmp_path / "sub" / "dir" / "m.safetensors"
+    save_safetensors(tiny_tensors(seed=0), target, {"v": "1"}, overwrite=False)
+    save_safetensors(tiny_tensors(seed=1), target, {"v": "2"}, overwrite=True)
+    with safe_open(str(target), framework="pt") as f:
+        assert f.metadata() == {"v": "2"}
+    assert torch.equal(load_file(str(target))["lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight"],
+                       tiny_tensors(seed=1)["lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight"])
+    assert files_in(target.parent) == ["m.safetensors"]
+
+
+def test_save_safetensors_rejects_non_str_metadata_naming_key(tmp_path):
+    target = tmp_path / "m.safetensors"
+    with pytest.raises(TypeError, match="ss_epoch"):
+        save_safetensors(tiny_tensors(), target, {"ss_output_name": "a", "ss_epoch": 3}, overwrite=False)
+    with pytest.raises(TypeError, match="'w'"):
+        save_safetensors({"w": [1, 2]}, target, {}, overwrite=False)
+    assert files_in(tmp_path) == []
+
+
+# ---------------------------------------------------------------- legacy .pt
+
+def pickle_globals(path) -> set[tuple[str, str]]:
+    """Globals referenced by the 5 pickles at the start of a legacy torch file (read with pickletools)."""
+    found = set()
+    with open(path, "rb") as f:
+        for _ in range(5):
+            for op, arg, _pos in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    module, name = arg.split(" ", 1)
+                    found.add((module, name))
+                assert op.name not in ("STACK_GLOBAL", "INST", "OBJ"), op.name
+    return found
+
+
+def test_legacy_pt_is_not_zip_loads_weights_only_and_passes_webui_allow_list(tmp_path):
+    vec = torch.randn(2, 768)
+    base = torch.zeros(100_000)
+    obj = {
+        "string_to_param": {"*": torch.nn.Parameter(vec.clone())},
+        "string_to_token": {"*": 265},
+        "name": "my_emb",
+        "step": 300,
+        "sd_checkpoint": "6ce0161689",
+        "sd_checkpoint_name": None,
+        768: ({"linear.0.weight": torch.ones(2, 2, dtype=torch.float16)}, {"b": torch.ones(1, dtype=torch.bfloat16)}),
+        "layer_structure": [1, 2, 1],
+        "small_view": base[:4],
+    }
+    path = save_torch_legacy(obj, tmp_path / "my_emb.pt", overwrite=False)
+    assert not zipfile.is_zipfile(path)
+    loaded = torch.load(path, weights_only=True)
+    assert torch.equal(loaded["string_to_param"]["*"], vec)
+    assert type(loaded["string_to_param"]["*"]) is torch.Tensor and not loaded["string_to_param"]["*"].requires_grad
+    assert loaded["string_to_token"] == {"*": 265} and loaded["step"] == 300 and loaded["sd_checkpoint_name"] is None
+    assert loaded[768][0]["linear.0.weight"].dtype == torch.float16
+    assert loaded["layer_structure"] == [1, 2, 1]
+    assert os.path.getsize(path) < 50_000  # the 4-element view did not drag its 400 KB base along
+    assert pickle_globals(path) <= WEBUI_ALLOWED_GLOBALS
+    assert files_in(tmp_path) == ["my_emb.pt"]
+
+
+@pytest.mark.parametrize(
+    "obj, where",
+    [
+        ({"string_to_param": {"*": torch.zeros(2, dtype=torch.bool)}}, r"obj\['string_to_param'\]\['\*'\]"),
+        ({"a": [1, {"b": np.float32(1.0)}]}, r"obj\['a'\]\[1\]\['b'\].*numpy"),
+        ({"f": lambda: 0}, r"obj\['f'\]"),
+        ({("t",): 1}, r"key \('t',\)"),
+        ({"s": {1, 2}}, r"obj\['s'\]"),
+    ],
+)
+def test_legacy_pt_rejects_non_plain_values_naming_path(tmp_path, obj, where):
+    with pytest.raises(TypeError, match=where):
+        save_torch_legacy(obj, tmp_path / "x.pt", overwrite=False)
+    assert files_in(tmp_path) == []
+
+
+# ---------------------------------------------------------------- naming
+
+@pytest.mark.parametrize("name", ["my_lora", "Cat v1.5 (style)", "ünïcödé-名前", "a" * 100, "con_artist", "v1.0"])
+def test_valid_names(name):
+    assert validate_output_name(name) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "a/b", "a\\b", "..", ".", ".hidden", "../x", "a:b", "a<b", 'a"b', "a|b", "a?b", "a*b", "a\x00b", "tab\tname",
+     "CON", "nul", "com1", "LPT9", "con.backup", "name.", "name ", " name", "a" * 101, "lora.safetensors", "emb.pt"],
+)
+def test_invalid_names_are_refused_with_field_value_and_rule(name):
+    msg = validate_output_name(name)
+    assert msg is not None
+    assert "output.name" in msg and repr(name) in msg and "no path separators" in msg
+
+
+def test_non_str_name():
+    assert "output.name" in validate_output_name(None)
+
+
+def test_output_path(tmp_path):
+    d = str(tmp_path)
+    assert output_path(d, "cat") == os.path.join(d, "cat.safetensors")
+    assert output_path(d, "cat", epoch=2) == os.path.join(d, "cat-000002.safetensors")
+    assert output_path(d, "cat", step=500) == os.path.join(d, "cat-step00000500.safetensors")
+    assert output_path(d, "cat", epoch=2, ext=".pt") == os.path.join(d, "cat-000002.pt")
+    with pytest.raises(ValueError, match="output.name"):
+        output_path(d, "../cat")
+    with pytest.raises(ValueError, match="not both"):
+        output_path(d, "cat", epoch=1, step=1)
+    with pytest.raises(ValueError, match="ext"):
+        output_path(d, "cat", ext="pt")
+
+
+# ---------------------------------------------------------------- sidecar and preview
+
+def test_lora_sidecar_keys_and_encoding(tmp_path):
+    lora = tmp_path / "cat.safetensors"
+    path = write_lora_sidecar(lora, activation_text="catto, sitting", preferred_weight=0.8, sd_version="SD1",
+                              notes="trained on 4 images", description="Chat été", overwrite=False)
+    assert path == str(tmp_path / "cat.json")
+    raw = open(path, "rb").read()
+    assert "été".encode("utf-8") in raw  # written like the WebUI: UTF-8, not \u escapes
+    data = json.loads(raw.decode("utf-8"))
+    assert data == {
+        "description": "Chat été", "sd version": "SD1", "activation text": "catto, sitting",
+        "preferred weight": 0.8, "negative text": "", "notes": "trained on 4 images",
+    }
+    with pytest.raises(OutputExistsError):
+        write_lora_sidecar(lora, notes="again", overwrite=False)
+    assert json.loads(open(path, encoding="utf-8").read())["notes"] == "trained on 4 images"
+    write_lora_sidecar(lora, notes="again", overwrite=True)
+    assert json.loads(open(path, encoding="utf-8").read())["notes"] == "again"
+
+
+@pytest.mark.parametrize("kw, field", [(dict(sd_version="SD1.5"), "sd_version"),
+                                       (dict(preferred_weight=3.0), "preferred_weight"),
+                                       (dict(preferred_weight=float("nan")), "preferred_weight")])
+def test_lora_sidecar_rejects_values_the_webui_cannot_use(tmp_path, kw, field):
+    with pytest.raises(ValueError, match=field):
+        write_lora_sidecar(tmp_path / "cat.safetensors", overwrite=False, **kw)
+    assert files_in(tmp_path) == []
+
+
+def test_preview_png(tmp_path):
+    lora = tmp_path / "cat.safetensors"
+    img = Image.new("RGB", (32, 24), (200, 10, 30))
+    path = write_preview_png(lora, img, overwrite=False, infotext="a cat, Steps: 20")
+    assert path == str(tmp_path / "cat.preview.png")
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as back:
+        assert back.size == (32, 24) and back.getpixel((0, 0)) == (200, 10, 30)
+        assert back.info["parameters"] == "a cat, Steps: 20"
+    with pytest.raises(OutputExistsError):
+        write_preview_png(lora, img, overwrite=False)
+    # CMYK has no PNG form: converted rather than failing
+    write_preview_png(lora, Image.new("CMYK", (4, 4)), overwrite=True)
+    assert existing_previews(lora) == [path]
+    (tmp_path / "cat.png").write_bytes(b"x")  # the WebUI would show this one first
+    assert existing_previews(lora) == [str(tmp_path / "cat.png"), path]
+    assert files_in(tmp_path) == ["cat.png", "cat.preview.png"]
