@@ -17,7 +17,7 @@ def _resolution(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--trainer-max-resolution expects a number of pixels like 1024, got {value!r}")
+        raise argparse.ArgumentTypeError(f"--trainer-max-resolution expects a number of pixels like 1024, got {value!r}") from None
     if number < 64 or number % 64:
         raise argparse.ArgumentTypeError(f"--trainer-max-resolution must be a multiple of 64 and at least 64, got {number}")
     return number

@@ -8,8 +8,8 @@ differs at each start, so an extension that changes one causes reinstall loops. 
 - every pip call carries a constraints file that holds the host's pinned packages at their
   installed versions, so pip fails instead of upgrading one of them as a dependency.
 
-This module must import with the standard library and ``packaging`` only: install.py loads it by
-file path before our dependencies exist (``packaging`` ships with pip and the WebUI uses it too).
+This module must import with the standard library and ``packaging`` only (pip's vendored copy if
+needed): install.py loads it by file path before our dependencies exist.
 """
 from __future__ import annotations
 
@@ -17,10 +17,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
 
-from packaging.markers import Marker
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
+try:
+    from packaging.markers import Marker
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import InvalidVersion, Version
+except ImportError:  # a bare venv: pip carries its own copy
+    from pip._vendor.packaging.markers import Marker
+    from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
+    from pip._vendor.packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from pip._vendor.packaging.version import InvalidVersion, Version
 
 # Pinned by the WebUI 1.10 launcher (requirements_versions.txt, torch from TORCH_COMMAND).
 # Used on top of the host's own pin file, and alone when that file can't be found.

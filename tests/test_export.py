@@ -443,7 +443,7 @@ def test_preview_png(tmp_path):
     lora = tmp_path / "cat.safetensors"
     img = Image.new("RGB", (32, 24), (200, 10, 30))
     path = write_preview_png(lora, img, overwrite=False, infotext="a cat, Steps: 20")
-    assert path == str(tmp_path / "cat.preview.png")
+    assert path == str(tmp_path / "cat.png")  # the first name the WebUI's card looks up
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     with Image.open(path) as back:
         assert back.size == (32, 24) and back.getpixel((0, 0)) == (200, 10, 30)
@@ -453,6 +453,6 @@ def test_preview_png(tmp_path):
     # CMYK has no PNG form: converted rather than failing
     write_preview_png(lora, Image.new("CMYK", (4, 4)), overwrite=True)
     assert existing_previews(lora) == [path]
-    (tmp_path / "cat.png").write_bytes(b"x")  # the WebUI would show this one first
-    assert existing_previews(lora) == [str(tmp_path / "cat.png"), path]
-    assert files_in(tmp_path) == ["cat.png", "cat.preview.png"]
+    (tmp_path / "cat.preview.jpg").write_bytes(b"x")
+    assert existing_previews(lora) == [path, str(tmp_path / "cat.preview.jpg")]
+    assert files_in(tmp_path) == ["cat.png", "cat.preview.jpg"]

@@ -4,9 +4,9 @@ Restore helpers give back bit-identical weights after a merged LoRA, the queue l
 callers, shared.state and the call wrappers follow the real semantics, the fake model holds the
 very tensors it was built from.
 """
+import json
 import os
 import struct
-import json
 import sys
 import threading
 import time
@@ -404,3 +404,24 @@ def test_extension_scripts_import_with_the_extension_on_sys_path_only_while_load
     fw.load_extension_scripts(str(ext))
     assert str(ext) not in sys.path
     assert script_callbacks.ui_tabs_callback() == [(None, "Trainer", "trainer")]
+
+
+def test_builds_from_the_projects_tiny_ldm_state_dict_and_computes_like_its_bundle(tmp_path):
+    ldm = pytest.importorskip("extensions_lib.model.ldm")
+    tiny = pytest.importorskip("extensions_lib.model.tiny")
+    sd, tok = ldm.tiny_ldm_state_dict(tmp_path / "tok", seed=3)
+    m = fw.load_model(fsm.make_fake_sd_model(sd, tok))
+    held = m.state_dict()
+    for key, tensor in sd.items():   # every checkpoint tensor is held, in place, under its WebUI name
+        name = fsm.webui_param_name(key)
+        if name not in held and key.startswith("cond_stage_model.") and not key.startswith(fsm.TE1):
+            name = "cond_stage_model.wrapped." + key[len("cond_stage_model."):]
+        if key.endswith("position_ids") and name not in held:
+            continue                 # transformers >= 4.31 keeps it out of the state dict
+        assert held[name].data_ptr() == tensor.data_ptr(), key
+    bundle = tiny.build_tiny_bundle(tmp_path / "tok", seed=3)
+    ids = tok(["a photo of sks"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours = m.cond_stage_model.wrapped.transformer(ids).last_hidden_state
+        theirs = bundle.text_encoder(ids).last_hidden_state
+    assert torch.equal(ours, theirs)

@@ -455,6 +455,11 @@ def test_ckpt_is_read_with_weights_only(tmp_path, tok_dir, sd1):
     loaded = load_checkpoint(path)
     assert loaded.keys() == sd.keys()
     assert_same_outputs(b0, load_bundle(path, tokenizer_dir=tok_dir), inputs(b0.tokenizer))
+    # old (non-zip) serialization cannot be memory-mapped: read normally
+    legacy = tmp_path / "legacy.pt"
+    torch.save(sd, str(legacy), _use_new_zipfile_serialization=False)
+    loaded = load_checkpoint(legacy)
+    assert loaded.keys() == sd.keys() and all(torch.equal(loaded[k], sd[k]) for k in sd)
     # a pickle carrying an object is refused, with the way out
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"x": torch.ones(1)}, "callback": Unpicklable()}, str(evil))

@@ -34,7 +34,8 @@ def sidecar_path(model_path: str | os.PathLike[str]) -> str:
 
 
 def preview_path(model_path: str | os.PathLike[str]) -> str:
-    return _stem(model_path) + ".preview.png"
+    # `<name>.png` is the first name the WebUI's card looks for
+    return _stem(model_path) + ".png"
 
 
 def write_lora_sidecar(
@@ -82,9 +83,8 @@ def existing_previews(model_path: str | os.PathLike[str]) -> list[str]:
 
 
 def write_preview_png(model_path: str | os.PathLike[str], image: Any, *, overwrite: bool, infotext: str | None = None) -> str:
-    """Write `<name>.preview.png` next to the model (PIL image). `infotext` goes into the PNG
-    "parameters" text chunk, where the WebUI looks for generation parameters. Returns the path.
-    Check existing_previews() first: a `<name>.png` would be shown instead."""
+    """Write `<name>.png` next to the model (PIL image). `infotext` goes into the PNG
+    "parameters" text chunk, where the WebUI looks for generation parameters. Returns the path."""
     from PIL import Image, PngImagePlugin
 
     if not isinstance(image, Image.Image):

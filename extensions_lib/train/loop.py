@@ -54,6 +54,20 @@ class Dist:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
 
+    def assert_in_sync(self, params: list[torch.Tensor]) -> None:
+        """Every process must hold the same weights (they start equal and apply averaged
+        gradients); a mismatch means a silent data-parallel bug, so fail loudly."""
+        if self.num_processes == 1:
+            return
+        import torch.distributed as dist
+
+        sums = torch.stack([p.detach().double().sum() for p in params])
+        lo, hi = sums.clone(), sums.clone()
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        if not torch.allclose(lo, hi, rtol=1e-6, atol=1e-9):
+            raise RuntimeError("data-parallel processes diverged: trained weights differ between processes")
+
     def barrier(self) -> None:
         if self.num_processes > 1:
             import torch.distributed as dist
@@ -231,6 +245,7 @@ class Trainer:
                     self._save(step=step, epoch=epoch, final=False, label={"epoch": epoch})
                 if cfg.sample.every_n_epochs and epoch % cfg.sample.every_n_epochs == 0:
                     self._preview(step)
+            self.dist.assert_in_sync(params)
             # the final file also holds what was learned when the user pressed stop
             self._preview(step)
             final = self._save(step=step, epoch=epoch, final=True, label={})

@@ -14,9 +14,11 @@ from ..config import ConfigError, TrainConfig
 from ..data.dataset import TrainDataset
 from ..data.folders import scan_dataset
 from ..export.atomic import OutputExistsError
+from ..export.sidecar import write_lora_sidecar, write_preview_png
 from ..export.naming import output_path
 from ..hosts.base import Host
 from ..methods.base import make_method
+from ..model.bundle import SD2
 from .events import Callbacks, Commands, TrainResult
 from .loop import Dist, Trainer
 
@@ -57,6 +59,12 @@ def cache_latents(dataset: TrainDataset, bundle, cfg: TrainConfig, callbacks: Ca
     dataset.cache_latents(encode, batch_size=max(1, cfg.training.train_batch_size), disk_dir=disk, cache_key=key)
 
 
+def effective_clip_skip(host: Host, cfg: TrainConfig, bundle) -> int:
+    """SD2's text encoder view already ends at OpenCLIP's penultimate block (what SD2 was trained
+    on), and the WebUI ignores clip skip for SD2: so do we."""
+    return 1 if bundle.version == SD2 else host.clip_skip(cfg)
+
+
 def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks] = None,
                  commands: Optional[Commands] = None, dist: Optional[Dist] = None) -> TrainResult:
     callbacks = callbacks or Callbacks()
@@ -75,6 +83,8 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
     with host.exclusive(), host.borrow_bundle(cfg) as bundle:
         callbacks.on_status("Preparing dataset…")
         dataset = build_dataset(cfg, data_scan)
+        # same seed in every process: data-parallel copies must start from identical weights
+        torch.manual_seed(cfg.training.seed)
         method.attach(bundle)
         try:
             cache_latents(dataset, bundle, cfg, callbacks)
@@ -86,10 +96,35 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
                 "dataset_dirs": dataset.dataset_dirs(),
             }
             trainer = Trainer(cfg, bundle, method, dataset, output_dir=out_dir, callbacks=callbacks,
-                              commands=commands, dist=dist, clip_skip=host.clip_skip(cfg), save_extra=extra)
+                              commands=commands, dist=dist, clip_skip=effective_clip_skip(host, cfg, bundle),
+                              save_extra=extra)
             result = trainer.run()
         finally:
             method.detach()
     if dist.is_main and result.output_path is not None:
+        if method.kind == "lora":
+            write_lora_extras(cfg, data_scan, bundle, result, callbacks)
         host.refresh(method.kind, result.output_path)
     return result
+
+
+def write_lora_extras(cfg: TrainConfig, data_scan, bundle, result: TrainResult, callbacks: Callbacks) -> None:
+    """`<name>.json` (trigger words, weight, SD version: what the WebUI's card shows and uses) and
+    `<name>.png` (the last preview) beside the LoRA. A user's existing files are kept unless
+    overwrite is on."""
+    trigger = cfg.output.trigger_words or ", ".join(dict.fromkeys(s.name for s in data_scan.train_subsets))
+    notes = (f"{cfg.network.method} dim {cfg.network.dim} alpha {cfg.network.alpha:g}, {result.steps} steps "
+             f"on {bundle.model_name or 'the loaded checkpoint'}")
+    writers = [lambda: write_lora_sidecar(result.output_path, activation_text=trigger,
+                                          preferred_weight=min(cfg.output.preferred_weight, 2.0),
+                                          sd_version="SD2" if bundle.version == SD2 else "SD1", notes=notes,
+                                          overwrite=cfg.output.overwrite)]
+    if result.previews:
+        prompt, image = result.previews[-1]
+        writers.append(lambda: write_preview_png(result.output_path, image, overwrite=cfg.output.overwrite,
+                                                 infotext=prompt))
+    for write in writers:
+        try:
+            write()
+        except OutputExistsError as e:
+            callbacks.on_status(f"kept the existing file: {e}")

@@ -189,12 +189,26 @@ def _build(node: dict, path: str, requires_grad: bool) -> torch.nn.Module:
     for name, child in node["children"].items():
         m.add_module(name, _build(child, f"{path}.{name}" if path else name, requires_grad))
     for name, tensor in node["params"].items():
-        m.register_parameter(name, _param(tensor, requires_grad))
+        if tensor.is_floating_point():
+            m.register_parameter(name, _param(tensor, requires_grad))
+        else:  # integer entries (e.g. extensions_lib's architecture hints) are not weights
+            m.register_buffer(name, tensor)
     return m
 
 
 def _split(sd: Mapping[str, torch.Tensor], prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _attach_buffers(root: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+    for key, tensor in tensors.items():
+        owner, _, name = key.rpartition(".")
+        holder = root
+        for part in owner.split(".") if owner else ():
+            if not hasattr(holder, part):
+                holder.add_module(part, torch.nn.Module())
+            holder = getattr(holder, part)
+        holder.register_buffer(name, tensor)
 
 
 # --- text encoders ------------------------------------------------------------------------------
@@ -215,6 +229,13 @@ def make_clip_text_model(te_state: Mapping[str, torch.Tensor], num_attention_hea
     from transformers import CLIPTextConfig, CLIPTextModel
 
     te_state = _fix_old_clip_keys(dict(te_state))
+    # keys outside CLIPTextModel (extensions_lib's architecture hints of tiny test models) are kept
+    # as buffers of an extra child, so the model's state dict still carries them
+    extra = {k: v for k, v in te_state.items() if not k.startswith("text_model.")}
+    te_state = {k: v for k, v in te_state.items() if k.startswith("text_model.")}
+    heads_hint = next((v for k, v in extra.items() if k.endswith("num_heads")), None)
+    if num_attention_heads is None and heads_hint is not None:
+        num_attention_heads = int(torch.as_tensor(heads_hint).reshape(-1)[0])
     tok = te_state["text_model.embeddings.token_embedding.weight"]
     pos = te_state["text_model.embeddings.position_embedding.weight"]
     layers = {int(m.group(1)) for k in te_state if (m := re.match(r"text_model\.encoder\.layers\.(\d+)\.", k))}
@@ -238,6 +259,7 @@ def make_clip_text_model(te_state: Mapping[str, torch.Tensor], num_attention_hea
     if emb.position_ids.is_meta:
         # transformers >= 4.31 keeps position_ids out of the state dict: fill it as its __init__ does
         emb.register_buffer("position_ids", torch.arange(pos.shape[0]).expand((1, -1)), persistent=persistent)
+    _attach_buffers(model, extra)
     model.requires_grad_(False)
     model.eval()
     return model
@@ -270,10 +292,20 @@ def make_fake_sd_model(ldm_state_dict: Mapping[str, torch.Tensor], tokenizer=Non
     if not unet_sd or not vae_sd:
         raise ValueError("ldm_state_dict needs model.diffusion_model.* and first_stage_model.* keys (checkpoint layout)")
     if any(k.startswith(TE1) for k in ldm_state_dict):
+        # other cond_stage_model.* entries (extensions_lib's architecture hints of tiny test models)
+        # stay buffers of the embedder, so sd_model.state_dict() still carries them
+        extra = {k: v for k, v in _split(ldm_state_dict, "cond_stage_model.").items() if not k.startswith("transformer.")}
+        heads_hint = next((v for k, v in extra.items() if k.endswith("num_heads")), None)
+        if num_attention_heads is None and heads_hint is not None:
+            num_attention_heads = int(torch.as_tensor(heads_hint).reshape(-1)[0])
         cond = FrozenCLIPEmbedder(make_clip_text_model(_split(ldm_state_dict, TE1), num_attention_heads), tokenizer)
+        _attach_buffers(cond, extra)
         version = "sd1"
     elif any(k.startswith(TE2) for k in ldm_state_dict):
         cond = FrozenOpenCLIPEmbedder(build_param_tree(_split(ldm_state_dict, TE2)))
+        # as for SD1: architecture hints of tiny test models stay buffers of the embedder
+        _attach_buffers(cond, {k: v for k, v in _split(ldm_state_dict, "cond_stage_model.").items()
+                               if not k.startswith("model.")})
         version = "sd2"
     else:
         raise ValueError("ldm_state_dict has no text encoder: expected cond_stage_model.transformer.* (SD1) "
@@ -378,6 +410,32 @@ def restore_all(model: torch.nn.Module) -> int:
                 n += 1
             networks.network_restore_weights_from_backup(m)
             networks.network_reset_cached_weight(m)
+    return n
+
+
+def apply_fp8(model: torch.nn.Module, cache_fp16_weight: bool = False) -> int:
+    """What sd_models.load_model_weights does with Settings > Optimizations > FP8 weight enabled:
+    every Linear/Conv2d outside the VAE is cast to float8_e4m3fn in place (the real one has already
+    run model.half()); with cache_fp16_weight (Settings: "Cache FP16 weight for LoRA") each keeps a
+    CPU float16 copy of its original weight/bias in `fp16_weight` / `fp16_bias`. Sets devices.fp8.
+    Returns how many modules were cast."""
+    from modules import devices
+
+    n = 0
+    vae = model.first_stage_model
+    model.first_stage_model = None      # the real one keeps the VAE out of fp8 the same way
+    try:
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                if cache_fp16_weight:
+                    module.fp16_weight = module.weight.data.clone().cpu().half()
+                    if module.bias is not None:
+                        module.fp16_bias = module.bias.data.clone().cpu().half()
+                module.to(torch.float8_e4m3fn)
+                n += 1
+    finally:
+        model.first_stage_model = vae
+    devices.fp8 = True
     return n
 
 

@@ -49,6 +49,7 @@ def reset(data_dir: Optional[str] = None, argv: Optional[list] = None, extension
     launch_utils.reset()
     errors.reported.clear()
     devices.torch_gc_calls = 0
+    devices.fp8 = False
     if call_queue.queue_lock.locked():
         raise RuntimeError("fake WebUI: call_queue.queue_lock is still held (a previous test did not release it)")
     # the built-in Lora extension's script registers this at start-up

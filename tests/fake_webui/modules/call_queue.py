@@ -33,7 +33,7 @@ def wrap_queued_call(func):
 def wrap_gradio_gpu_call(func, extra_outputs=None):
     @wraps(func)
     def f(*args, **kwargs):
-        if args and type(args[0]) == str and args[0].startswith("task(") and args[0].endswith(")"):
+        if args and type(args[0]) is str and args[0].startswith("task(") and args[0].endswith(")"):
             id_task = args[0]
             progress.add_task_to_queue(id_task)
         else:

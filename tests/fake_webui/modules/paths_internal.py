@@ -7,6 +7,7 @@ fresh temporary folder, so tests never write next to the code; fake_webui_contro
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 
 def normalized_filepath(filepath):
@@ -28,7 +29,7 @@ sd_model_file = os.path.join(script_path, "model.ckpt")
 default_sd_model_file = sd_model_file
 
 
-def set_data_path(path: str, models_dir: str = None) -> None:
+def set_data_path(path: str, models_dir: Optional[str] = None) -> None:
     """Fake-only: point every data folder at `path` (what --data-dir/--models-dir do at start)."""
     global data_path, models_path, extensions_dir, default_output_dir
     data_path = os.path.abspath(path)

@@ -44,12 +44,12 @@ class StableDiffusionModelHijack:
 
     def undo_hijack(self, m):
         cond = m.cond_stage_model
-        if type(cond) == sd_hijack_clip.FrozenCLIPEmbedderWithCustomWords:
+        if type(cond) is sd_hijack_clip.FrozenCLIPEmbedderWithCustomWords:
             m.cond_stage_model = cond.wrapped
             emb = m.cond_stage_model.transformer.text_model.embeddings
-            if type(emb.token_embedding) == EmbeddingsWithFixes:
+            if type(emb.token_embedding) is EmbeddingsWithFixes:
                 emb.token_embedding = emb.token_embedding.wrapped
-        elif type(cond) == sd_hijack_open_clip.FrozenOpenCLIPEmbedderWithCustomWords:
+        elif type(cond) is sd_hijack_open_clip.FrozenOpenCLIPEmbedderWithCustomWords:
             cond.wrapped.model.token_embedding = cond.wrapped.model.token_embedding.wrapped
             m.cond_stage_model = cond.wrapped
         self.layers = None

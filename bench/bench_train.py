@@ -1,0 +1,134 @@
+"""Step time and peak memory of LoRA training on a full SD1.5-shaped model (random weights).
+
+Settings match the sd-scripts figures in the issue: 8 images, LoRA rank 16 (alpha 8) on UNet + text
+encoder, batch 1, AdamW, SDPA attention, latents cached. Each configuration runs in its own process
+so peak RSS is that configuration's alone.
+
+    python bench/bench_train.py                      # the full matrix (slow on 2 CPU cores: ~25 min)
+    python bench/bench_train.py --one 256 no 0      # one configuration: resolution, precision, checkpointing
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MATRIX = [(256, "no", 0), (256, "bf16", 0), (256, "no", 1), (256, "bf16", 1), (512, "no", 0), (512, "bf16", 0),
+          (512, "no", 1), (512, "bf16", 1)]
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def one(res: int, precision: str, checkpointing: int, steps: int, warmup: int) -> dict:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from extensions_lib.config import TrainConfig
+    from extensions_lib.methods.base import make_method
+    from extensions_lib.model.tiny import SD15, build_tiny_bundle
+    from extensions_lib.train.events import Callbacks
+    from extensions_lib.train.loop import Trainer
+    from extensions_lib.train.session import build_dataset, cache_latents, scan
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    sub = tmp / "data" / "1_bench"
+    sub.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (res, res, 3), dtype=np.uint8)).save(sub / f"{i}.png")
+        (sub / f"{i}.txt").write_text(f"a photo of sks, number {i}")
+
+    t0 = time.time()
+    bundle = build_tiny_bundle(tmp / "tok", size=SD15)
+    build_s = time.time() - t0
+
+    cfg = TrainConfig()
+    cfg.data.train_dir = str(tmp / "data")
+    cfg.data.resolution = res
+    cfg.data.enable_buckets = False
+    cfg.network.method = "lora"
+    cfg.network.dim, cfg.network.alpha = 16, 8
+    cfg.training.train_batch_size = 1
+    cfg.training.optimizer = "adamw"
+    cfg.training.mixed_precision = precision
+    cfg.training.gradient_checkpointing = bool(checkpointing)
+    cfg.training.max_train_steps = warmup + steps
+    cfg.training.lr_scheduler = "constant"
+    cfg.output.output_dir = str(tmp / "out")
+    cfg.output.name = "bench"
+
+    dataset = build_dataset(cfg, scan(cfg))
+    method = make_method(cfg)
+    torch.manual_seed(0)
+    method.attach(bundle)
+    t0 = time.time()
+    cache_latents(dataset, bundle, cfg, Callbacks())
+    cache_s = (time.time() - t0) / 8
+
+    times = []
+
+    class Clock(Callbacks):
+        last = None
+
+        def on_start(self, info):
+            Clock.last = time.time()
+
+        def on_step(self, info):
+            now = time.time()
+            times.append(now - Clock.last)
+            Clock.last = now
+
+    result = Trainer(cfg, bundle, method, dataset, output_dir=tmp / "out", callbacks=Clock()).run()
+    method.detach()
+    steady = times[warmup:]
+    return {
+        "resolution": res, "precision": precision, "grad_checkpointing": bool(checkpointing),
+        "s_per_step": sum(steady) / len(steady), "first_step_s": times[0], "peak_rss_gib": peak_rss_gib(),
+        "build_s": build_s, "latent_cache_s_per_image": cache_s, "steps": result.steps,
+        "trainable_params": sum(p.numel() for p in method.trainable_parameters()) if method.network else None,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--one", nargs=3, metavar=("RES", "PRECISION", "CHECKPOINTING"))
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--only", default="", help="comma list of RES:PRECISION:CKPT from the matrix, e.g. 256:no:0")
+    args = p.parse_args()
+    if args.one:
+        res, prec, ck = args.one
+        print(json.dumps(one(int(res), prec, int(ck), args.steps, args.warmup)))
+        return
+    matrix = MATRIX
+    if args.only:
+        wanted = {tuple(x.split(":")) for x in args.only.split(",")}
+        matrix = [m for m in MATRIX if (str(m[0]), m[1], str(m[2])) in wanted]
+    print(f"{'res':>4} {'precision':>9} {'ckpt':>5} {'s/step':>7} {'peak RSS GiB':>12} {'cache s/img':>11}")
+    for res, prec, ck in matrix:
+        out = subprocess.run([sys.executable, __file__, "--one", str(res), prec, str(ck), "--steps", str(args.steps),
+                              "--warmup", str(args.warmup)], capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        line = [x for x in out.stdout.splitlines() if x.startswith("{")]
+        if not line:
+            print(f"{res:>4} {prec:>9} {ck:>5}  failed: {out.stderr[-800:]}")
+            continue
+        r = json.loads(line[-1])
+        print(f"{res:>4} {prec:>9} {ck:>5} {r['s_per_step']:>7.2f} {r['peak_rss_gib']:>12.2f} "
+              f"{r['latent_cache_s_per_image']:>11.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""REST API under /trainer/v1, added to the WebUI's (or the standalone server's) FastAPI app.
+
+Bodies are plain JSON read with `await request.json()` so the same code runs on fastapi 0.94 /
+pydantic 1 (AUTOMATIC1111) and current fastapi / pydantic 2 (Forge).
+
+    POST /trainer/v1/train           body: TrainConfig as nested sections -> 200 {"job_id", "status"}
+                                     422 {"error", "problems": [{field, value, allowed}]}  bad config
+                                     400 {"error"}  dataset / host refused;  409 {"error"}  busy or output exists
+    GET  /trainer/v1/status          -> the job's status (add ?losses=false to leave the loss list out)
+    POST /trainer/v1/stop            -> {"stopping": bool, "status"}
+    GET  /trainer/v1/config/default  -> the default TrainConfig as JSON (a template for /train)
+    POST /trainer/v1/dataset         body: config (only data.* and training.* matter) -> dataset summary
+    GET  /trainer/v1/preview/{i}     -> PNG of the i-th latest preview image
+"""
+import io
+import json
+from typing import Callable, Optional, Sequence
+
+from ..config import ConfigError, TrainConfig
+from ..hosts.base import Host
+from .job import JobBusyError, TrainingJob
+
+# module level, not inside register_routes: FastAPI reads the handlers' annotations from here
+from fastapi import APIRouter, Request  # noqa: E402
+from fastapi.responses import JSONResponse, Response  # noqa: E402
+from starlette.concurrency import run_in_threadpool  # noqa: E402
+
+PREFIX = "/trainer/v1"
+
+
+def _problem_dicts(e: ConfigError) -> list:
+    return [{"field": p.field, "value": _jsonable(p.value), "allowed": p.allowed} for p in e.problems]
+
+
+def _jsonable(v):
+    try:
+        json.dumps(v)
+        return v
+    except (TypeError, ValueError):
+        return repr(v)
+
+
+def refusal(e: Exception):
+    """HTTP status and body for an error raised by TrainingJob.start()."""
+    from ..data.folders import DatasetError
+    from ..export.atomic import OutputExistsError
+    from ..hosts.base import HostError
+
+    if isinstance(e, ConfigError):
+        return 422, {"error": str(e), "problems": _problem_dicts(e)}
+    if isinstance(e, (JobBusyError, OutputExistsError)):
+        return 409, {"error": str(e)}
+    if isinstance(e, (DatasetError, HostError, FileNotFoundError, ValueError)):
+        return 400, {"error": str(e)}
+    raise e
+
+
+def register_routes(app, job: TrainingJob, host_factory: Callable[[], Host], *,
+                    dependencies: Optional[Sequence] = None) -> None:
+    """Add the routes to a FastAPI app. `host_factory()` gives the host for each training;
+    `dependencies` (e.g. the WebUI's API authentication) guard every route."""
+    router = APIRouter(prefix=PREFIX, tags=["trainer"], dependencies=list(dependencies or []))
+
+    @router.post("/train")
+    async def train(request: Request):
+        try:
+            data = await request.json()
+        except ValueError as e:
+            return JSONResponse({"error": f"the body must be JSON (a TrainConfig as nested sections): {e}"},
+                                status_code=400)
+        if not isinstance(data, dict):
+            return JSONResponse({"error": "the body must be a JSON object of config sections, "
+                                          "e.g. {\"data\": {\"train_dir\": ...}}"}, status_code=422)
+        try:
+            cfg = TrainConfig.from_dict(data)
+            # the dataset scan and the host's checks block: keep them off the event loop
+            job_id = await run_in_threadpool(lambda: job.start(cfg, host_factory()))
+        except Exception as e:  # noqa: BLE001 - mapped to 4xx; anything else is re-raised (500)
+            code, body = refusal(e)
+            return JSONResponse(body, status_code=code)
+        return {"job_id": job_id, "status": job.status(losses=False)}
+
+    @router.get("/status")
+    async def status(losses: bool = True):
+        return job.status(losses=losses)
+
+    @router.post("/stop")
+    async def stop():
+        stopping = job.stop()
+        return {"stopping": stopping, "status": job.status(losses=False)}
+
+    @router.get("/config/default")
+    async def config_default():
+        return TrainConfig().to_dict()
+
+    @router.post("/dataset")
+    async def dataset(request: Request):
+        from .summary import dataset_summary
+
+        try:
+            cfg = TrainConfig.from_dict(await request.json())
+        except ConfigError as e:
+            return JSONResponse({"error": str(e), "problems": _problem_dicts(e)}, status_code=422)
+        except ValueError as e:
+            return JSONResponse({"error": f"the body must be JSON: {e}"}, status_code=400)
+        return await run_in_threadpool(dataset_summary, cfg)
+
+    @router.get("/preview/{index}")
+    async def preview(index: int):
+        images = job.preview_images()
+        if not 0 <= index < len(images):
+            return JSONResponse({"error": f"no preview {index}; there are {len(images)}"}, status_code=404)
+        buf = io.BytesIO()
+        images[index][0].save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png")
+
+    app.include_router(router)

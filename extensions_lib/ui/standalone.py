@@ -1,0 +1,123 @@
+"""`python -m extensions_lib ui`: the Train tab on its own web server, with the REST API.
+
+The tab is rendered into an outer Blocks the way the WebUI renders extension tabs, and the REST
+routes are added to the launched app the way the WebUI's on_app_started does, so this server is
+also the closest stand-in for the WebUI when testing the tab in a browser.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+from ..config import TrainConfig
+from ..hosts.base import Host, HostError
+from ..hosts.standalone import StandaloneHost
+
+TINY = "tiny"
+ASSETS = Path(__file__).resolve().parents[2]     # the extension root: style.css, javascript/
+
+
+class CheckpointHost(Host):
+    """A StandaloneHost per checkpoint named in the form: changing model.checkpoint in the UI loads
+    the new model for the next run (one model held at a time). "tiny" is a tiny random model."""
+
+    name = "standalone"
+
+    def __init__(self, output_root: Path | str = "output", tokenizer: str = "", device: Optional[str] = None):
+        self.output_root = Path(output_root)
+        self.tokenizer = tokenizer
+        self._device = device
+        self._key = None
+        self._host: Optional[StandaloneHost] = None
+
+    def _inner(self, cfg: TrainConfig) -> StandaloneHost:
+        m = cfg.model
+        key = (m.checkpoint, m.vae, m.tokenizer or self.tokenizer, m.v_prediction)
+        if self._host is None or key != self._key:
+            self._host = None     # let the previous model go before loading the next one
+            bundle = None
+            if m.checkpoint == TINY:
+                from ..model.tiny import build_tiny_bundle, default_tokenizer_dir
+
+                bundle = build_tiny_bundle(Path(m.tokenizer or self.tokenizer or default_tokenizer_dir()),
+                                           v_prediction=m.v_prediction)
+            self._host = StandaloneHost(bundle, output_root=self.output_root, device=self._device)
+            self._key = key
+        return self._host
+
+    def check_ready(self, cfg: TrainConfig) -> None:
+        ckpt = cfg.model.checkpoint
+        if not ckpt:
+            raise HostError("model.checkpoint is empty: give a .safetensors/.ckpt checkpoint or a diffusers "
+                            "folder (or 'tiny' for a tiny random test model)")
+        if ckpt != TINY and not Path(ckpt).exists():
+            raise HostError(f"model.checkpoint: {ckpt} does not exist; check the path")
+
+    @contextmanager
+    def borrow_bundle(self, cfg: TrainConfig):
+        if cfg.model.checkpoint != TINY and not cfg.model.tokenizer and self.tokenizer:
+            cfg.model.tokenizer = self.tokenizer
+        with self._inner(cfg).borrow_bundle(cfg) as bundle:
+            yield bundle
+
+    def output_dir(self, kind: str, cfg: TrainConfig) -> Path:
+        return StandaloneHost(output_root=self.output_root).output_dir(kind, cfg)
+
+    def device(self):
+        return StandaloneHost(output_root=self.output_root, device=self._device).device()
+
+    def describe(self) -> dict:
+        return {"host": "standalone", "output_root": str(self.output_root)}
+
+
+def _asset(rel: str) -> str:
+    p = ASSETS / rel
+    return p.read_text(encoding="utf-8") if p.is_file() else ""
+
+
+def build_app(host: Host, job, defaults: Optional[TrainConfig] = None, poll_seconds: float = 1.0):
+    """The outer Blocks: a header and the tab, styled with the extension's style.css and trainer.js
+    (which the WebUI would load by itself)."""
+    from . import compat
+    from .compat import gr
+    from .tab import ELEM_ID, build_tab, tab_label
+
+    tab = build_tab(host, job, defaults=defaults, poll_seconds=poll_seconds)
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])   # no web-font download
+    with gr.Blocks(analytics_enabled=False, title="Train", css=_asset("style.css"), theme=theme) as demo:
+        gr.HTML("<div class='trainer-ext-header'><b>Train</b> · LoRA / LoCon / LoHa / LoKr, embeddings and "
+                "hypernetworks for Stable Diffusion</div>")
+        with gr.Tabs():
+            with compat.make(gr.TabItem, label=tab_label(host), id=ELEM_ID, elem_id=f"tab_{ELEM_ID}"):
+                tab.render()
+        script = _asset("javascript/trainer.js")
+        if script:
+            demo.load(None, inputs=None, outputs=None, **compat.js("() => {\n" + script + "\n}"))
+    demo.trainer_tab = tab
+    return demo
+
+
+def serve(args) -> int:
+    from . import compat
+    from .api import register_routes
+    from .job import TrainingJob
+
+    host = CheckpointHost(output_root=args.output_root, tokenizer=getattr(args, "tokenizer", "") or "")
+    defaults = TrainConfig()
+    defaults.model.checkpoint = args.checkpoint
+    defaults.model.tokenizer = getattr(args, "tokenizer", "") or ""
+    job = TrainingJob()
+    demo = build_app(host, job, defaults)
+    compat.queue(demo)
+    app, local_url, _ = demo.launch(**compat.launch_kwargs(
+        demo, server_name=args.host, server_port=args.port, prevent_thread_lock=True, inbrowser=False,
+        show_api=False, quiet=True, share=False))
+    register_routes(app, job, lambda: host)
+    print(f"Train UI on {local_url}  (REST API under {local_url.rstrip('/')}/trainer/v1)", flush=True)
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        job.stop()
+    return 0

@@ -1,0 +1,127 @@
+"""What scripts/train_tab.py registers with the WebUI (AUTOMATIC1111 1.10 or Forge).
+
+Kept here, not in scripts/, so it is importable and testable; the script only registers these
+callbacks. The WebUI modules and the host adapter are imported inside the callbacks: importing
+this file needs no running WebUI. One TrainingJob lives as long as the process, so a training
+keeps running (and the new page shows it) across "Reload UI".
+"""
+import hmac
+from typing import Optional
+
+from ..config import TrainConfig
+from .job import TrainingJob
+
+SECTION = ("trainer_ext", "Trainer")
+OPT_PRESET = "trainer_ext_default_preset"
+OPT_POLL = "trainer_ext_poll_seconds"
+
+_job: Optional[TrainingJob] = None
+_host = None
+
+
+def job() -> TrainingJob:
+    global _job
+    if _job is None:
+        _job = TrainingJob()
+    return _job
+
+
+def host():
+    """The WebUI host adapter (one per process)."""
+    global _host
+    if _host is None:
+        from ..hosts.a1111 import A1111Host
+
+        _host = A1111Host()
+    return _host
+
+
+def _opt(key: str, default):
+    try:
+        from modules import shared
+
+        value = getattr(shared.opts, key, default)
+    except (ImportError, AttributeError):
+        return default
+    return default if value is None else value
+
+
+def defaults() -> TrainConfig:
+    from .presets import PRESETS, apply_preset
+
+    cfg = TrainConfig()
+    name = _opt(OPT_PRESET, "")
+    if name in PRESETS:
+        cfg = apply_preset(cfg, name)
+    return cfg
+
+
+def on_ui_tabs():
+    from .tab import ELEM_ID, build_tab, tab_label
+
+    h = host()
+    try:
+        poll = max(0.25, float(_opt(OPT_POLL, 1.0)))
+    except (TypeError, ValueError):
+        poll = 1.0
+    tab = build_tab(h, job(), defaults=defaults(), poll_seconds=poll)
+    return [(tab, tab_label(h), ELEM_ID)]
+
+
+def on_ui_settings():
+    import gradio as gr
+    from modules import shared
+
+    from .presets import preset_names
+
+    preset = shared.OptionInfo("", "Preset the Train tab starts with", gr.Dropdown,
+                               lambda: {"choices": [""] + preset_names()}, section=SECTION)
+    poll = shared.OptionInfo(1.0, "Refresh the training progress every N seconds", gr.Slider,
+                             {"minimum": 0.5, "maximum": 10, "step": 0.5}, section=SECTION)
+    for item in (preset, poll):
+        if hasattr(item, "needs_reload_ui"):
+            item.needs_reload_ui()
+    shared.opts.add_option(OPT_PRESET, preset)
+    shared.opts.add_option(OPT_POLL, poll)
+
+
+def api_enabled() -> bool:
+    try:
+        from modules import shared
+    except ImportError:
+        return False
+    opts = shared.cmd_opts
+    return bool(getattr(opts, "api", False) or getattr(opts, "nowebui", False))
+
+
+def auth_dependencies() -> list:
+    """The WebUI's --api-auth user:password pairs guard our routes as they guard /sdapi."""
+    from modules import shared
+
+    spec = getattr(shared.cmd_opts, "api_auth", None)
+    if not spec:
+        return []
+    from fastapi import Depends, HTTPException
+    from fastapi.security import HTTPBasic
+
+    users = dict(item.strip().split(":", 1) for item in spec.split(",") if ":" in item)
+    basic = HTTPBasic()
+
+    def check(credentials=Depends(basic)):
+        expected = users.get(credentials.username)
+        if expected is not None and hmac.compare_digest(expected.encode(), credentials.password.encode()):
+            return True
+        raise HTTPException(status_code=401, detail="Incorrect username or password",
+                            headers={"WWW-Authenticate": "Basic"})
+
+    return [Depends(check)]
+
+
+def on_app_started(demo, app):
+    """REST routes under /trainer/v1, only when the WebUI serves its API (--api or --nowebui),
+    since a training call writes files and holds the GPU."""
+    if not api_enabled():
+        return
+    from .api import register_routes
+
+    register_routes(app, job(), host, dependencies=auth_dependencies())

@@ -1,0 +1,228 @@
+"""Training options: optimizers, schedules, objectives, token length, clip skip, stop, caching."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from extensions_lib.config import ConfigError, TrainConfig
+from extensions_lib.hosts.standalone import StandaloneHost
+from extensions_lib.train.events import Callbacks, Commands
+from extensions_lib.train.objective import denoising_loss, sample_noise, snr, target_for
+from extensions_lib.train.optimizers import build_optimizer, build_scheduler, warmup_steps
+from extensions_lib.train.session import run_training
+from extensions_lib.train.text import TextConditioner, encode, tokenize
+
+from helpers import make_images, quick_config, tiny_bundle
+
+
+def _params():
+    torch.manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(8, 8))]
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor", "lion", "sgd_nesterov", "prodigy"])
+def test_each_optimizer_takes_a_step(name):
+    cfg = TrainConfig()
+    cfg.training.optimizer = name
+    cfg.training.learning_rate = 1.0 if name == "prodigy" else 1e-2
+    p = _params()
+    opt = build_optimizer(cfg, [{"params": p, "lr": cfg.training.learning_rate, "name": "x"}], torch.device("cpu"))
+    before = p[0].detach().clone()
+    (p[0] ** 2).sum().backward()
+    opt.step()
+    assert not torch.equal(before, p[0].detach())
+    assert torch.isfinite(p[0]).all()
+
+
+def test_adamw8bit_runs_or_refuses_clearly():
+    """bitsandbytes' CPU support depends on its version: either a real step happens, or the
+    refusal names the field and an alternative. Never a silent switch to another optimizer."""
+    cfg = TrainConfig()
+    cfg.training.optimizer = "adamw8bit"
+    p = [torch.nn.Parameter(torch.randn(4096))]
+    try:
+        opt = build_optimizer(cfg, [{"params": p, "lr": 1e-3, "name": "x"}], torch.device("cpu"))
+    except ConfigError as e:
+        assert "training.optimizer" in str(e) and "adamw" in str(e) and "bitsandbytes" in str(e)
+        return
+    assert type(opt).__name__ == "AdamW8bit"
+    before = p[0].detach().clone()
+    (p[0] ** 2).sum().backward()
+    opt.step()
+    assert not torch.equal(before, p[0].detach())
+
+
+@pytest.mark.parametrize("name", ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                                  "polynomial"])
+def test_schedules(name):
+    cfg = TrainConfig()
+    cfg.training.lr_scheduler = name
+    cfg.training.lr_warmup_steps = 0 if name == "constant" else 0.1
+    cfg.training.lr_scheduler_num_cycles = 2
+    cfg.training.lr_scheduler_power = 2.0
+    opt = torch.optim.SGD(_params(), lr=1.0)
+    sched = build_scheduler(cfg, opt, 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    if name == "constant":
+        assert set(lrs) == {1.0}
+        return
+    assert warmup_steps(cfg, 100) == 10
+    assert lrs[0] < 0.2 and max(lrs) == pytest.approx(1.0)  # warmup ramps up
+    if name == "constant_with_warmup":
+        assert lrs[-1] == 1.0
+    else:
+        assert lrs[-1] < 0.1
+    if name == "cosine_with_restarts":
+        assert any(b > a + 0.3 for a, b in zip(lrs, lrs[1:]))  # the restart jumps back up
+
+
+def test_noise_offset_shifts_channel_means():
+    lat = torch.zeros(64, 4, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    plain = sample_noise(lat, 0.0, g)
+    offset = sample_noise(lat, 0.5, torch.Generator().manual_seed(0))
+    assert plain.mean(dim=(2, 3)).std() < 0.1
+    assert offset.mean(dim=(2, 3)).std() > 0.3
+
+
+def test_v_prediction_target_and_min_snr():
+    b = tiny_bundle(v_prediction=True)
+    sched = b.noise_scheduler
+    lat, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    ts = torch.tensor([10, 900])
+    v = target_for(sched, lat, noise, ts)
+    ac = sched.alphas_cumprod[ts].view(-1, 1, 1, 1)
+    torch.testing.assert_close(v, ac.sqrt() * noise - (1 - ac).sqrt() * lat)
+    # min-SNR: low-noise timesteps (huge SNR) are down-weighted
+    pred = torch.zeros_like(lat)
+    plain = [denoising_loss(pred[i:i + 1], v[i:i + 1], scheduler=sched, timesteps=ts[i:i + 1]) for i in range(2)]
+    weighted = [denoising_loss(pred[i:i + 1], v[i:i + 1], scheduler=sched, timesteps=ts[i:i + 1], min_snr_gamma=5)
+                for i in range(2)]
+    s = snr(sched, ts)
+    for i in range(2):
+        expected = min(float(s[i]), 5.0) / (float(s[i]) + 1)
+        assert float(weighted[i]) == pytest.approx(float(plain[i]) * expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("length", [75, 150, 225])
+def test_long_captions_become_77_token_chunks(length):
+    b = tiny_bundle()
+    caption = "x " * 200
+    ids = tokenize(b.tokenizer, [caption, "short"], length)
+    chunks = length // 75
+    assert ids.shape == (2, chunks * 77)
+    rows = ids.view(2, chunks, 77)
+    assert (rows[:, :, 0] == b.tokenizer.bos_token_id).all()
+    assert (rows[0, :, 76] == b.tokenizer.eos_token_id).all()  # every chunk of a long caption is full
+    ctx = encode(b.text_encoder, ids)
+    assert ctx.shape == (2, chunks * 77, b.context_dim)
+    # each chunk is encoded on its own, as the WebUI does
+    first = encode(b.text_encoder, rows[:, 0])
+    torch.testing.assert_close(ctx[:, :77], first)
+
+
+def test_clip_skip_uses_earlier_layer_through_final_norm():
+    b = tiny_bundle()
+    ids = tokenize(b.tokenizer, ["a photo"], 75)
+    with torch.no_grad():
+        out = b.text_encoder(ids, output_hidden_states=True)
+        skip2 = encode(b.text_encoder, ids, clip_skip=2)
+        expected = b.text_encoder.text_model.final_layer_norm(out.hidden_states[-2])
+    torch.testing.assert_close(skip2, expected)
+    assert not torch.allclose(skip2, out.last_hidden_state)
+
+
+def test_text_outputs_cached_when_text_encoder_frozen():
+    b = tiny_bundle()
+    calls = []
+    b.text_encoder.register_forward_hook(lambda *a: calls.append(1))
+    cond = TextConditioner(b.tokenizer, b.text_encoder, max_token_length=75, clip_skip=1, cache=True)
+    first = cond(["a", "b"])
+    again = cond(["b", "a", "a"])
+    assert len(calls) == 1
+    torch.testing.assert_close(again[0], first[1])
+
+
+def test_stop_request_honoured_within_one_step_and_saved(tmp_path):
+    make_images(tmp_path / "data" / "10_sks")
+    cfg = quick_config(tmp_path / "data", tmp_path / "out", "lora", training__max_train_epochs=5)
+    commands = Commands()
+    seen = []
+
+    class StopAt3(Callbacks):
+        def on_step(self, info):
+            seen.append(info.step)
+            if info.step == 3:
+                commands.request_stop()
+
+    result = run_training(cfg, StandaloneHost(tiny_bundle()), callbacks=StopAt3(), commands=commands)
+    assert result.stopped and result.steps == 3 and seen == [1, 2, 3]
+    with safe_open(str(result.output_path), "pt") as f:
+        assert f.metadata()["ss_steps"] == "3"
+
+
+def test_gradient_accumulation_and_epoch_saves(tmp_path):
+    make_images(tmp_path / "data" / "2_sks")  # 4 images x 2 repeats = 8 batches of 1
+    cfg = quick_config(tmp_path / "data", tmp_path / "out", "lora", training__max_train_epochs=2,
+                       training__gradient_accumulation_steps=4, output__save_every_n_epochs=1)
+    events = []
+
+    class Rec(Callbacks):
+        def on_start(self, info):
+            events.append(info)
+
+    result = run_training(cfg, StandaloneHost(tiny_bundle()), callbacks=Rec())
+    assert events[0]["steps_per_epoch"] == 2 and events[0]["total_steps"] == 4
+    assert result.steps == 4
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.safetensors"))
+    # epoch 2 is the last: its file is the final one, not a duplicate numbered save
+    assert names == ["test_lora-000001.safetensors", "test_lora.safetensors"]
+
+
+def test_sd2_v_prediction_trains_and_labels_file(tmp_path):
+    make_images(tmp_path / "data" / "2_sks")
+    cfg = quick_config(tmp_path / "data", tmp_path / "out", "lora", training__max_train_steps=2,
+                       training__min_snr_gamma=5.0, training__noise_offset=0.05)
+    losses = []
+
+    class Rec(Callbacks):
+        def on_step(self, info):
+            losses.append(info.loss)
+
+    result = run_training(cfg, StandaloneHost(tiny_bundle(version="sd2", v_prediction=True)), callbacks=Rec())
+    assert all(math.isfinite(x) for x in losses)
+    with safe_open(str(result.output_path), "pt") as f:
+        meta = f.metadata()
+        keys = list(f.keys())
+    assert meta["ss_base_model_version"] == "sd_v2_v" and meta["ss_v2"] == "True"
+    assert meta["modelspec.prediction_type"] == "v"
+    assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in keys)
+
+
+def test_preview_images_reported(tmp_path):
+    make_images(tmp_path / "data" / "1_sks")
+    cfg = quick_config(tmp_path / "data", tmp_path / "out", "lora", training__max_train_steps=2)
+    cfg.sample.prompts = ["a photo of sks", "sks on a beach"]
+    cfg.sample.width = cfg.sample.height = 64
+    cfg.sample.steps = 3
+    got = []
+
+    class Rec(Callbacks):
+        def on_sample(self, images, step):
+            got.append((step, images))
+
+    result = run_training(cfg, StandaloneHost(tiny_bundle()), callbacks=Rec())
+    assert got and got[-1][0] == 2
+    prompts = [p for p, _ in got[-1][1]]
+    assert prompts == cfg.sample.prompts
+    assert all(img.size == (64, 64) for _, img in got[-1][1])
+    # the last preview is written beside the LoRA, with the card's json
+    assert result.output_path.with_suffix(".png").is_file()
+    assert result.output_path.with_suffix(".json").is_file()
