@@ -111,3 +111,15 @@ def test_broken_toml_names_the_file(tmp_path):
     with pytest.raises(ConfigError) as e:
         TrainConfig.from_toml(path)
     assert "broken.toml" in str(e.value)
+
+
+def test_readme_options_table_is_current():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    table = subprocess.run([sys.executable, str(root / "tools" / "options_table.py")], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert table in (root / "README.md").read_text(encoding="utf-8"), \
+        "README options table is stale: run python tools/options_table.py --write"

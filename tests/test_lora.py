@@ -175,6 +175,22 @@ def test_loha_lokr_file_reproduces_trained_outputs(tmp_path, method):
     torch.testing.assert_close(ref_ctx, ours_ctx, atol=2e-4, rtol=1e-3)
     torch.testing.assert_close(ref_unet, ours_unet, atol=2e-4, rtol=1e-3)
 
+    # and lycoris' own loader, which rebuilds each module's type from the file's keys. Its target
+    # lists are global class state whose defaults fail on a diffusers UNet, so scope them.
+    from lycoris.kohya import LycorisNetworkKohya, create_network_from_weights
+
+    from extensions_lib.methods.lora import _lycoris_preset, lora_targets
+
+    fresh = tiny_bundle()
+    with _lycoris_preset(LycorisNetworkKohya, **lora_targets(method, 4)):
+        net, _ = create_network_from_weights(1.0, str(result.output_path), fresh.vae, fresh.text_encoder,
+                                             fresh.unet, weights_sd=dict(sd))
+    net.apply_to(fresh.text_encoder, fresh.unet, apply_text_encoder=True, apply_unet=True)
+    net.load_state_dict(sd, strict=True)
+    lyco_unet, lyco_ctx = _outputs(fresh.unet, fresh.text_encoder, inputs)
+    torch.testing.assert_close(lyco_ctx, ours_ctx, atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(lyco_unet, ours_unet, atol=2e-4, rtol=1e-3)
+
 
 def test_key_names_and_metadata(tmp_path):
     make_images(tmp_path / "data" / "5_sks")

@@ -93,7 +93,8 @@ def refusal(sd_model) -> Optional[str]:
         return f"'{title}' is not a latent-diffusion UNet model the trainer knows. " + WHAT_WORKS
     channels = _unet_in_channels(sd_model)
     if channels is not None and channels != 4:
-        kind = {9: "an inpainting", 8: "an instruct-pix2pix", 5: "a depth-conditioned", 7: "an upscaler"}.get(channels, "a")
+        kinds = {9: "an inpainting", 8: "an instruct-pix2pix", 5: "a depth-conditioned", 7: "an upscaler"}
+        kind = kinds.get(channels, "a")
         return (f"'{title}' is {kind} model (its UNet takes {channels} input channels, not 4); the trainer "
                 "does not support it. " + WHAT_WORKS)
     if getattr(sd_model, "lowvram", False):
@@ -117,11 +118,32 @@ def refusal(sd_model) -> Optional[str]:
         return ("The WebUI stores this model's weights in FP8 (Settings > Optimizations > FP8 weight) and did "
                 "not keep the FP16 originals, so there is nothing precise enough to train on (e.g. "
                 f"{missing[0]}). Turn off 'FP8 weight' in Settings > Optimizations, or enable 'Cache FP16 "
-                "weight for LoRA' there, then reload the checkpoint and start training.")
+                "weight for LoRA' there, and press Apply settings (the WebUI then reloads the checkpoint).")
+    sd = live_state_dict(sd_model, originals_for_fp8=False)
     try:
-        check_supported(live_state_dict(sd_model, originals_for_fp8=False))
+        check_supported(sd)
     except UnsupportedModelError as e:
         return f"'{title}': {e}"
+    if not any(k.startswith(("cond_stage_model.transformer.", "cond_stage_model.model.")) for k in sd):
+        return (f"'{title}' has a text encoder the trainer does not know (not CLIP / OpenCLIP, e.g. "
+                "Alt-Diffusion's XLM-R). " + WHAT_WORKS)
+    return None
+
+
+def precision_refusal(sd_model, mixed_precision: str) -> Optional[str]:
+    """The WebUI keeps its model in float16 unless started with --no-half. Those weights train only
+    under autocast on a GPU: refuse the combinations that would fail at the first step."""
+    dtype = _base_dtype(sd_model, UNET_PREFIX)
+    if dtype not in (torch.float16, torch.bfloat16):
+        return None
+    name, title = str(dtype).replace("torch.", ""), model_title(sd_model)
+    if unet_device(sd_model).type == "cpu":
+        return (f"The WebUI holds '{title}' in {name} on the CPU, where it cannot be trained. Start the WebUI "
+                "with --no-half (CPU-only setups need it anyway), then start training.")
+    if mixed_precision == "no":
+        return (f"The WebUI holds '{title}' in {name} (its default; --no-half would keep float32), and "
+                "training on those weights needs autocast: set training.mixed_precision (Mixed precision) "
+                "to fp16 or bf16 instead of 'no', or restart the WebUI with --no-half.")
     return None
 
 
@@ -187,14 +209,31 @@ def _base_dtype(sd_model, prefix: str) -> Optional[torch.dtype]:
     return None
 
 
+# sd_hijack wraps the text encoder and its token embedding; checkpoints have neither wrapper
+_HIJACK_WRAPPERS = (("cond_stage_model.wrapped.", "cond_stage_model."),
+                    (".token_embedding.wrapped.", ".token_embedding."))
+
+
+def checkpoint_key(live_key: str) -> str:
+    for old, new in _HIJACK_WRAPPERS:
+        if old in live_key:
+            live_key = live_key.replace(old, new, 1)
+    return live_key
+
+
 def live_state_dict(sd_model, originals_for_fp8: bool = True) -> dict[str, torch.Tensor]:
-    """The model's tensors under the WebUI's live names (`cond_stage_model.wrapped.*`), detached:
-    the very storage the WebUI uses, no copies. Layers stored in fp8 are replaced by their kept
-    FP16 originals (`fp16_weight`/`fp16_bias`, copied to the layer's device in the dtype of the
-    component's other tensors): the only copies made, and only in FP8 mode."""
+    """The model's tensors, detached (the very storage the WebUI uses, no copies), under checkpoint
+    key names (the WebUI's live names without sd_hijack's `.wrapped` parts, so SD1 and SD2 look
+    like their checkpoints). Layers stored in fp8 are replaced by their kept FP16 originals
+    (`fp16_weight`/`fp16_bias`, copied to the layer's device in the dtype of the component's other
+    tensors): the only copies made, and only in FP8 mode."""
     sd = {k: v.detach() for k, v in sd_model.state_dict().items()}
-    if not originals_for_fp8:
-        return sd
+    if originals_for_fp8:
+        _use_fp8_originals(sd_model, sd)
+    return {checkpoint_key(k): v for k, v in sd.items()}
+
+
+def _use_fp8_originals(sd_model, sd: dict) -> None:
     dtypes: dict[str, Optional[torch.dtype]] = {}
     for name, m in fp8_modules(sd_model):
         prefix = UNET_PREFIX if name.startswith(UNET_PREFIX.rstrip(".")) else TE_PREFIX
@@ -205,7 +244,6 @@ def live_state_dict(sd_model, originals_for_fp8: bool = True) -> dict[str, torch
         bias = getattr(m, "fp16_bias", None)
         if bias is not None and f"{name}.bias" in sd:
             sd[f"{name}.bias"] = bias.to(device=device, dtype=dtype)
-    return sd
 
 
 # ------------------------------------------------------------------------------ tokenizers
@@ -233,9 +271,8 @@ def openclip_vocab_files(simple_tokenizer, folder: Path) -> Path:
 
 
 def sd2_tokenizer(cache_dir: Optional[Path] = None):
-    """A transformers CLIPTokenizer equal to the open_clip tokenizer the WebUI uses for SD2 prompts."""
-    from ..model.checkpoint import load_tokenizer
-
+    """A transformers CLIPTokenizer equal to the open_clip tokenizer the WebUI uses for SD2 prompts:
+    same BPE and ids, padding with "!" (id 0) as the WebUI does for OpenCLIP."""
     try:
         import open_clip.tokenizer as oc_tok
         simple = oc_tok._tokenizer
@@ -245,9 +282,31 @@ def sd2_tokenizer(cache_dir: Optional[Path] = None):
             "This SD2 checkpoint needs open_clip's tokenizer, which could not be read from the WebUI's "
             f"environment ({e}). The WebUI installs open_clip at start-up: restart it without "
             "--skip-install once, or switch to an SD1 checkpoint.") from None
-    folder = Path(cache_dir or tempfile.mkdtemp(prefix="trainer-openclip-tok-"))
-    openclip_vocab_files(simple, folder)
-    return load_tokenizer(folder, "sd2")
+    folder = openclip_vocab_files(simple, Path(cache_dir or tempfile.mkdtemp(prefix="trainer-openclip-tok-")))
+    return pad_with_exclamation(_clip_tokenizer(folder))
+
+
+def _clip_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer, CLIPTokenizerFast
+
+    vocab, merges = str(folder / "vocab.json"), str(folder / "merges.txt")
+    try:   # the fast one matches CLIP where the slow one needs ftfy
+        return CLIPTokenizerFast(vocab_file=vocab, merges_file=merges, model_max_length=77)
+    except Exception:  # noqa: BLE001 - building the fast one needs `tokenizers`
+        return CLIPTokenizer(vocab, merges, model_max_length=77)
+
+
+def pad_with_exclamation(tok):
+    """Set "!" as the pad token AFTER construction: given to the constructor, transformers >= 4.4x
+    registers it as a special token that is split out of the text, so a prompt's "!" would become
+    the pad id (0) instead of the word-final "!</w>" that open_clip (and the WebUI) produce."""
+    tok.pad_token = "!"
+    word_end = tok.convert_tokens_to_ids("!</w>")
+    got = tok("!", add_special_tokens=False).input_ids
+    if tok.pad_token_id != 0 or got != [word_end]:
+        raise HostError(f"Cannot reproduce the WebUI's SD2 tokenization with this transformers version "
+                        f"(pad id {tok.pad_token_id}, '!' -> {got}); please report this.")
+    return tok
 
 
 # ------------------------------------------------------------------------------ names for metadata

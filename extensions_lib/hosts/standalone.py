@@ -44,8 +44,17 @@ class StandaloneHost(Host):
                                        vae_path=cfg.model.vae or None, v_prediction=cfg.model.v_prediction)
         bundle = self._bundle
         bundle.freeze()
-        if next(bundle.unet.parameters()).device != self.device():
-            bundle.to(self.device())
+        # The host owns these weights, so it stores the frozen UNet/text encoder in the training
+        # precision (bf16 halves memory and spares autocast a weight cast per layer per step, as
+        # sd-scripts does); the VAE stays fp32 for clean latents.
+        dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.training.mixed_precision]
+        for module in (bundle.unet, bundle.text_encoder):
+            p = next(module.parameters())
+            if p.device != self.device() or p.dtype != dtype:
+                module.to(self.device(), dtype)
+        vae = next(bundle.vae.parameters())
+        if vae.device != self.device() or vae.dtype != torch.float32:
+            bundle.vae.to(self.device(), torch.float32)
         yield bundle
 
     def output_dir(self, kind: str, cfg: TrainConfig) -> Path:

@@ -70,6 +70,10 @@ def build_network(cfg: TrainConfig, text_encoder, unet):
     extra = {}
     if n.method == "lokr":
         extra["factor"] = n.lokr_factor
+    if n.method in ("lora", "locon"):
+        # x -> down -> up instead of rebuilding the full delta weight and running a second
+        # full-size matmul per layer: the low-rank path is what makes a LoRA step cheap
+        extra["bypass_mode"] = True
     logging.getLogger("LyCORIS").setLevel(logging.WARNING)
     with _lycoris_preset(LycorisNetworkKohya, **lora_targets(n.method, n.conv_dim)):
         network = LycorisNetworkKohya(
@@ -192,7 +196,7 @@ class LoraMethod(Method):
             dataset_dirs=info.extra.get("dataset_dirs", {}),
             training_started_at=info.started_at, training_finished_at=info.finished_at,
             comment=cfg.output.comment, architecture=b.modelspec_architecture,
-            title=cfg.output_name, prediction_type=b.prediction_type,
+            title=cfg.output_name,
         )
         save_safetensors(tensors, path, with_hashes(tensors, meta), overwrite=overwrite)
         return path

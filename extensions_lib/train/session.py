@@ -20,7 +20,7 @@ from ..hosts.base import Host
 from ..methods.base import make_method
 from ..model.bundle import SD2
 from .events import Callbacks, Commands, TrainResult
-from .loop import Dist, Trainer
+from .loop import Dist, Trainer, autocast_dtype
 
 
 def build_dataset(cfg: TrainConfig, scan) -> TrainDataset:
@@ -73,6 +73,7 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
     if problems:
         raise ConfigError(problems)
     host.check_ready(cfg)
+    autocast_dtype(cfg, host.device())  # refuses fp16 without a GPU before any model work
     data_scan = scan(cfg)
     method = make_method(cfg)
     out_dir = host.output_dir(method.kind, cfg)

@@ -70,3 +70,23 @@ def queue(blocks):
     if GRADIO_MAJOR < 4:
         return blocks.queue(concurrency_count=8)
     return blocks.queue(default_concurrency_limit=8)
+
+
+def launch_failure_hint() -> str:
+    """Why a launch failed, when it is the known clash of this gradio with its web stack: gradio
+    3.41/4.40 render pages with starlette's old TemplateResponse(name, context), which starlette 1.x
+    no longer accepts (the page answers 500 and launch says localhost is unreachable)."""
+    try:
+        from starlette.templating import Jinja2Templates
+        import fastapi
+        import starlette
+
+        params = list(inspect.signature(Jinja2Templates.TemplateResponse).parameters)[1:2]
+    except (ImportError, TypeError, ValueError):
+        return ""
+    if params == ["request"]:
+        return (f"gradio {gr.__version__} cannot render its page with starlette {starlette.__version__} "
+                f"(fastapi {fastapi.__version__}): install the versions the WebUI pins, e.g. "
+                "fastapi==0.104.1 pydantic==2.8.2 httpx==0.24.1 for gradio 4.40 (Forge), "
+                "fastapi==0.94.0 for gradio 3.41 (AUTOMATIC1111)")
+    return ""

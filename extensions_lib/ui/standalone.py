@@ -89,7 +89,7 @@ def build_app(host: Host, job, defaults: Optional[TrainConfig] = None, poll_seco
     with gr.Blocks(analytics_enabled=False, title="Train", css=_asset("style.css"), theme=theme) as demo:
         gr.HTML("<div class='trainer-ext-header'><b>Train</b> · LoRA / LoCon / LoHa / LoKr, embeddings and "
                 "hypernetworks for Stable Diffusion</div>")
-        with gr.Tabs():
+        with compat.make(gr.Tabs, selected=ELEM_ID):
             with compat.make(gr.TabItem, label=tab_label(host), id=ELEM_ID, elem_id=f"tab_{ELEM_ID}"):
                 tab.render()
         script = _asset("javascript/trainer.js")
@@ -111,9 +111,15 @@ def serve(args) -> int:
     job = TrainingJob()
     demo = build_app(host, job, defaults)
     compat.queue(demo)
-    app, local_url, _ = demo.launch(**compat.launch_kwargs(
-        demo, server_name=args.host, server_port=args.port, prevent_thread_lock=True, inbrowser=False,
-        show_api=False, quiet=True, share=False))
+    try:
+        app, local_url, _ = demo.launch(**compat.launch_kwargs(
+            demo, server_name=args.host, server_port=args.port, prevent_thread_lock=True, inbrowser=False,
+            show_api=False, quiet=True, share=False))
+    except ValueError as e:
+        hint = compat.launch_failure_hint()
+        if not hint:
+            raise
+        raise SystemExit(f"error: {hint}") from e
     register_routes(app, job, lambda: host)
     print(f"Train UI on {local_url}  (REST API under {local_url.rstrip('/')}/trainer/v1)", flush=True)
     try:

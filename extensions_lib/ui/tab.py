@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import html
 import importlib.util
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -221,11 +223,11 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
             config_path = compat.make(gr.Textbox, label="Config file (TOML, same as the CLI)",
                                       placeholder="/path/to/config.toml", elem_id=f"{ELEM_ID}_config_path",
                                       info="Save writes every option; Load fills the form.", scale=3)
-            with compat.make(gr.Column, scale=1, min_width=120):
+            with compat.make(gr.Column, scale=1, min_width=140, elem_id=f"{ELEM_ID}_config_buttons"):
                 save_btn = compat.make(gr.Button, value="Save config", elem_id=f"{ELEM_ID}_save", size="sm")
                 load_btn = compat.make(gr.Button, value="Load config", elem_id=f"{ELEM_ID}_load", size="sm")
-            upload = compat.make(gr.File, label="…or drop a .toml", file_types=[".toml"], scale=1,
-                                 elem_id=f"{ELEM_ID}_upload", height=90, **compat.file_kwargs())
+                upload = compat.make(gr.UploadButton, label="Upload .toml", file_types=[".toml"], size="sm",
+                                     elem_id=f"{ELEM_ID}_upload", **compat.file_kwargs())
         preset_info = gr.Markdown("", elem_id=f"{ELEM_ID}_preset_info")
 
         with gr.Row(equal_height=False):
@@ -273,7 +275,10 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
                 with compat.make(gr.Accordion, label="Log", open=False, elem_id=f"{ELEM_ID}_log_box"):
                     log = compat.make(gr.Textbox, value="", lines=8, max_lines=16, show_label=False,
                                       interactive=False, elem_id=f"{ELEM_ID}_log")
-        seen = gr.State({})
+        # what each open page has been sent, by gradio session: a poll sends only what changed.
+        # (Kept here rather than in a gr.State input so the every-second poll has no inputs:
+        # gradio 4's client warns on each call of an input-taking event hidden from its API.)
+        seen = _Seen()
 
         inputs = [w[k] for k in keys]
 
@@ -355,11 +360,11 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
 
                 if not (_is_user_error(e) or isinstance(e, (JobBusyError, ValueError))):
                     raise
-                return _problems_html(e), {}, compat.no_change(), compat.no_change()
-            return (_ok_html(f"Started training {cfg.output_name} ({cfg.network.method}), job {job_id}."), {},
+                return _problems_html(e), compat.no_change(), compat.no_change()
+            return (_ok_html(f"Started training {cfg.output_name} ({cfg.network.method}), job {job_id}."),
                     compat.update(interactive=False), compat.update(interactive=True))
 
-        start_btn.click(on_start, inputs=inputs, outputs=[message, seen, start_btn, stop_btn], **NO_API)
+        start_btn.click(on_start, inputs=inputs, outputs=[message, start_btn, stop_btn], **NO_API)
 
         def on_stop():
             if job.stop():
@@ -372,9 +377,10 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
                                    "else if (navigator.clipboard) { navigator.clipboard.writeText(text); } "
                                    "return []; }"))
 
-        def poll(last):
+        def poll(request: gr.Request):
             s = job.status()
-            last = dict(last or {})
+            key = getattr(request, "session_hash", None) or "?"
+            last = seen.get(key)
             new_job = last.get("job_id") != s["job_id"]
             out = []
             changed = new_job or last.get("version") != s["version"]
@@ -395,15 +401,39 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
                 out.append(compat.update(interactive=running))
             else:
                 out += [compat.no_change()] * 4
-            out.append({k: s[k] for k in ("job_id", "version", "loss_version", "preview_version")})
+            seen.put(key, {k: s[k] for k in ("job_id", "version", "loss_version", "preview_version")})
             return out
 
-        tab.load(poll, inputs=[seen], outputs=[status, plot, gallery, result, log, start_btn, stop_btn, seen],
+        tab.load(poll, inputs=None, outputs=[status, plot, gallery, result, log, start_btn, stop_btn],
                  every=poll_seconds, show_progress="hidden", **NO_API)
 
-    tab.trainer_widgets = w          # for tests and the WebUI glue
+    # for tests: the widgets by config key, the key order of the handlers' values, the handlers
+    tab.trainer_widgets = w
     tab.trainer_keys = keys
+    tab.trainer_summary_keys = summary_keys
+    tab.trainer_handlers = {"start": on_start, "stop": on_stop, "poll": poll, "save": on_save, "load": load_from,
+                            "preset": on_preset, "dataset": on_dataset, "method": on_method}
     return tab
+
+
+class _Seen:
+    """Last versions sent to each page (bounded: closed pages are forgotten eventually)."""
+
+    def __init__(self, limit: int = 200):
+        self._data: "OrderedDict[str, dict]" = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> dict:
+        with self._lock:
+            return dict(self._data.get(key) or {})
+
+    def put(self, key: str, value: dict) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._limit:
+                self._data.popitem(last=False)
 
 
 def _section_visible(section: str, method: str) -> bool:

@@ -86,25 +86,31 @@ def on_ui_settings():
 
 
 def api_enabled() -> bool:
+    """The REST routes are on unless the WebUI runs with --trainer-disable-api (preload.py)."""
     try:
         from modules import shared
     except ImportError:
         return False
-    opts = shared.cmd_opts
-    return bool(getattr(opts, "api", False) or getattr(opts, "nowebui", False))
+    return not getattr(shared.cmd_opts, "trainer_disable_api", False)
+
+
+def _credentials(cmd_opts) -> dict:
+    """user -> password from --api-auth, else --gradio-auth: our routes are never less guarded
+    than the WebUI's own API or its pages."""
+    spec = getattr(cmd_opts, "api_auth", None) or getattr(cmd_opts, "gradio_auth", None) or ""
+    pairs = (item.strip().split(":", 1) for item in spec.split(",") if ":" in item)
+    return {user: password for user, password in pairs}
 
 
 def auth_dependencies() -> list:
-    """The WebUI's --api-auth user:password pairs guard our routes as they guard /sdapi."""
     from modules import shared
 
-    spec = getattr(shared.cmd_opts, "api_auth", None)
-    if not spec:
+    users = _credentials(shared.cmd_opts)
+    if not users:
         return []
     from fastapi import Depends, HTTPException
     from fastapi.security import HTTPBasic
 
-    users = dict(item.strip().split(":", 1) for item in spec.split(",") if ":" in item)
     basic = HTTPBasic()
 
     def check(credentials=Depends(basic)):
@@ -118,8 +124,7 @@ def auth_dependencies() -> list:
 
 
 def on_app_started(demo, app):
-    """REST routes under /trainer/v1, only when the WebUI serves its API (--api or --nowebui),
-    since a training call writes files and holds the GPU."""
+    """REST routes under /trainer/v1 (also with --nowebui, where demo is None)."""
     if not api_enabled():
         return
     from .api import register_routes

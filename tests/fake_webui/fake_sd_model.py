@@ -17,6 +17,7 @@ the real model: UNet parameters require grad, VAE and text encoder ones don't (l
 Nothing runs a forward pass except the CLIP text model.
 
 apply_merged_lora(model, deltas) leaves modules as the WebUI's Lora support does after a generation.
+apply_fp8(model, cache_fp16_weight) stores Linear/Conv2d weights in fp8 as Settings > FP8 weight does.
 """
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ START, END = "<start_of_text>", "<end_of_text>"
 
 def bytes_to_unicode() -> dict:
     """byte -> printable unicode symbol: printable Latin-1 bytes map to themselves, the other
-    bytes to code points from 256 upwards (the mapping every CLIP BPE vocabulary uses)."""
+    bytes to code points from 256 upwards (the mapping every CLIP BPE vocabulary uses). The order
+    matters, it sets the ids: the printable bytes first ('!' is id 0), then the others."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     table = {b: chr(b) for b in keep}
     extra = 0
@@ -27,7 +28,7 @@ def bytes_to_unicode() -> dict:
         if b not in table:
             table[b] = chr(256 + extra)
             extra += 1
-    return dict(sorted(table.items()))
+    return table
 
 
 _WORDS = re.compile(r"<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+",
