@@ -89,7 +89,9 @@ def cmd_train(args) -> int:
 def _device(dist):
     from accelerate import PartialState
 
-    return PartialState().device
+    device = PartialState().device
+    # accelerate numbers CPU "devices" per process (cpu:1); torch has one CPU device
+    return "cpu" if device.type == "cpu" else device
 
 
 def _stop_on_ctrl_c(commands) -> None:

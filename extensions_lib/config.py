@@ -28,7 +28,7 @@ SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_wi
 PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("fp16", "bf16", "fp32")
 ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "celu", "gelu",
-               "glu", "hardshrink", "hardsigmoid", "hardtanh", "logsigmoid", "mish", "prelu",
+               "hardshrink", "hardsigmoid", "hardtanh", "logsigmoid", "mish", "prelu",
                "rrelu", "relu6", "selu", "silu", "softplus", "softshrink", "softsign", "tanhshrink")
 WEIGHT_INITS = ("Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal")
 PROMPT_SOURCES = ("captions", "template")
@@ -361,9 +361,6 @@ class TrainConfig:
                     or len(set(h.sizes)) != len(h.sizes)):
                 add("hypernetwork.sizes", h.sizes, "attention widths without repeats: SD1 768 320 640 1280, "
                                                    "SD2 1024 320 640 1280")
-            if h.activation in ("glu",):
-                add("hypernetwork.activation", h.activation, "GLU halves the layer width, so the next layer "
-                                                             "cannot take its output; pick another activation")
         for i, p in enumerate(self.sample.prompts):
             if not isinstance(p, str) or not p.strip():
                 add(f"sample.prompts[{i}]", p, "a non-empty text")

@@ -71,10 +71,13 @@ def test_existing_output_is_not_overwritten(tmp_path):
 
 def test_data_parallel_two_cpu_processes(tmp_path):
     """4 images x 1 repeat, batch 1: each of 2 processes takes half of every epoch, so an epoch is 2
-    optimizer steps; the loop checks that both processes end with identical weights."""
+    optimizer steps; the loop checks that both processes end with identical weights.
+    On a machine without GPUs accelerate's `--cpu` flag starts a single process (several CPU
+    processes need MPI there); `--multi_gpu` is its torchrun launcher, which on CPU-only torch gives
+    a gloo process group of N CPU processes."""
     cfg = _config(tmp_path, training__max_train_epochs=2)
     accelerate = Path(sys.executable).parent / "accelerate"
-    r = _run([str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    r = _run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "extensions_lib", "train", str(cfg)])
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     files = sorted(p.name for p in (tmp_path / "out").iterdir())

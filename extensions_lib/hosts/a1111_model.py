@@ -28,6 +28,7 @@ import torch
 from ..model.errors import UnsupportedModelError
 from ..model.ldm import check_supported
 from .base import HostError
+from ..model.tokenizer import clip_tokenizer, pad_for_version
 
 UNET_PREFIX = "model.diffusion_model."
 TE_PREFIX = "cond_stage_model."
@@ -283,24 +284,14 @@ def sd2_tokenizer(cache_dir: Optional[Path] = None):
             f"environment ({e}). The WebUI installs open_clip at start-up: restart it without "
             "--skip-install once, or switch to an SD1 checkpoint.") from None
     folder = openclip_vocab_files(simple, Path(cache_dir or tempfile.mkdtemp(prefix="trainer-openclip-tok-")))
-    return pad_with_exclamation(_clip_tokenizer(folder))
-
-
-def _clip_tokenizer(folder: Path):
-    from transformers import CLIPTokenizer, CLIPTokenizerFast
-
-    vocab, merges = str(folder / "vocab.json"), str(folder / "merges.txt")
-    try:   # the fast one matches CLIP where the slow one needs ftfy
-        return CLIPTokenizerFast(vocab_file=vocab, merges_file=merges, model_max_length=77)
-    except Exception:  # noqa: BLE001 - building the fast one needs `tokenizers`
-        return CLIPTokenizer(vocab, merges, model_max_length=77)
+    return pad_with_exclamation(clip_tokenizer(folder, "sd2"))
 
 
 def pad_with_exclamation(tok):
     """Set "!" as the pad token AFTER construction: given to the constructor, transformers >= 4.4x
     registers it as a special token that is split out of the text, so a prompt's "!" would become
     the pad id (0) instead of the word-final "!</w>" that open_clip (and the WebUI) produce."""
-    tok.pad_token = "!"
+    pad_for_version(tok, "sd2")
     word_end = tok.convert_tokens_to_ids("!</w>")
     got = tok("!", add_special_tokens=False).input_ids
     if tok.pad_token_id != 0 or got != [word_end]:

@@ -54,6 +54,7 @@ class Host:
     def describe(self) -> dict:
         return {}
 
-    def progress(self) -> Optional[object]:
-        """Callbacks that mirror progress into the host's own progress display, if any."""
+    def progress(self, commands=None) -> Optional[object]:
+        """Callbacks that mirror progress into the host's own progress display, if any; a host with
+        its own stop button (the WebUI's Interrupt) turns it into `commands.request_stop()`."""
         return None

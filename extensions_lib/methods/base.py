@@ -69,6 +69,12 @@ class Method(ABC):
     def save(self, path: Path, info: SaveInfo, *, overwrite: bool) -> Path:
         """Write the learned state to `path` atomically (never a half-written file)."""
 
+    def file_path(self, folder: Path, name: str, *, epoch: int | None = None, step: int | None = None) -> Path:
+        """Where a save goes: `name.ext` for the final file, sd-scripts' names for intermediate ones."""
+        from ..export.naming import output_path
+
+        return Path(output_path(folder, name, epoch=epoch, step=step, ext=self.file_suffix))
+
     @abstractmethod
     def prompt_usage(self, name: str) -> str:
         """What the user types in a prompt to use the result, e.g. <lora:name:0.8>."""

@@ -182,8 +182,17 @@ class EmbeddingMethod(Method):
         self._tokenizer = None
         self.bundle = None
 
+    def file_path(self, folder: Path, name: str, *, epoch: int | None = None, step: int | None = None) -> Path:
+        """Step saves are `<name>-<step>` as the WebUI's own trainer names them (the file name is
+        the prompt word the WebUI lists)."""
+        if step is not None:
+            return super().file_path(folder, f"{name}-{step}")
+        return super().file_path(folder, name, epoch=epoch)
+
     def param_groups(self) -> list[dict]:
-        return [{"params": [self.vectors], "lr": self.cfg.training.learning_rate, "name": "embedding"}]
+        # no weight decay: it would pull the new word toward the zero vector (the WebUI uses 0 too)
+        return [{"params": [self.vectors], "lr": self.cfg.training.learning_rate, "weight_decay": 0.0,
+                 "name": "embedding"}]
 
     @property
     def trains_text_encoder(self) -> bool:

@@ -81,6 +81,8 @@ def legacy_hash(path: PathLike) -> str:
 
 
 def load_tokenizer(folder: PathLike, version: str = SD1):
+    from .tokenizer import clip_tokenizer, pad_for_version
+
     """A CLIP tokenizer from a folder with vocab.json + merges.txt or a saved HF tokenizer.
     Prefers the fast tokenizer (the slow one mis-tokenizes some strings without ftfy)."""
     from transformers import CLIPTokenizer, CLIPTokenizerFast
@@ -91,22 +93,15 @@ def load_tokenizer(folder: PathLike, version: str = SD1):
             f"Tokenizer folder not found: {folder} ({TOKENIZER_FIELD}). Set {TOKENIZER_FIELD} to a folder "
             "containing vocab.json and merges.txt, e.g. the tokenizer/ folder of a diffusers SD model."
         )
-    # SD2 (OpenCLIP) pads with "!" (id 0), as the WebUI does; SD1 pads with the end token
-    pad = "!" if version == SD2 else "<|endoftext|>"
     saved = (folder / "tokenizer_config.json").exists() or (folder / "tokenizer.json").exists()
     if saved:
         for cls in (CLIPTokenizerFast, CLIPTokenizer):
             try:
-                return cls.from_pretrained(str(folder), local_files_only=True)
+                return pad_for_version(cls.from_pretrained(str(folder), local_files_only=True), version)
             except Exception:  # noqa: BLE001 - try the next class
                 continue
-    vocab, merges = folder / "vocab.json", folder / "merges.txt"
-    if vocab.exists() and merges.exists():
-        kwargs = dict(pad_token=pad, model_max_length=77)
-        try:
-            return CLIPTokenizerFast(vocab_file=str(vocab), merges_file=str(merges), **kwargs)
-        except Exception:  # noqa: BLE001 - conversion to fast needs `tokenizers`; slow always works
-            return CLIPTokenizer(str(vocab), str(merges), **kwargs)
+    if (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
+        return clip_tokenizer(folder, version)
     raise TokenizerError(
         f"{folder} ({TOKENIZER_FIELD}) has no CLIP tokenizer: expected vocab.json and merges.txt, or a "
         "tokenizer saved with save_pretrained (tokenizer_config.json)."

@@ -64,11 +64,9 @@ def write_char_tokenizer(folder: Path) -> Path:
 
 
 def load_tokenizer(folder: Path, version: str = SD1):
-    from transformers import CLIPTokenizer
+    from .tokenizer import clip_tokenizer
 
-    # SD2 (OpenCLIP) pads with "!" (id 0) rather than the end token; the WebUI does the same.
-    pad = "!" if version == SD2 else "<|endoftext|>"
-    return CLIPTokenizer(str(Path(folder) / "vocab.json"), str(Path(folder) / "merges.txt"), pad_token=pad)
+    return clip_tokenizer(folder, version, fast=False)
 
 
 def build_unet(size: ModelSize = TINY, version: str = SD1, device="cpu"):

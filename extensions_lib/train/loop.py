@@ -131,10 +131,7 @@ class Trainer:
     def _save(self, *, step: int, epoch: int, final: bool, label: dict) -> Optional[Path]:
         if not self.dist.is_main:
             return None
-        from ..export.naming import output_path
-
-        name = self.cfg.output_name
-        path = Path(output_path(self.output_dir, name, ext=self.method.file_suffix, **label))
+        path = self.method.file_path(self.output_dir, self.cfg.output_name, **label)
         info = SaveInfo(step=step, epoch=epoch, final=final, started_at=self.started_at,
                         finished_at=time.time() if final else None,
                         extra=dict(self.save_extra, warmup_steps=self.warmup, clip_skip=self.clip_skip))

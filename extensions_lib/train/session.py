@@ -15,7 +15,6 @@ from ..data.dataset import TrainDataset
 from ..data.folders import scan_dataset
 from ..export.atomic import OutputExistsError
 from ..export.sidecar import write_lora_sidecar, write_preview_png
-from ..export.naming import output_path
 from ..hosts.base import Host
 from ..methods.base import make_method
 from ..model.bundle import SD2
@@ -77,7 +76,7 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
     data_scan = scan(cfg)
     method = make_method(cfg)
     out_dir = host.output_dir(method.kind, cfg)
-    final_path = Path(output_path(out_dir, cfg.output_name, ext=method.file_suffix))
+    final_path = method.file_path(out_dir, cfg.output_name)
     if final_path.exists() and not cfg.output.overwrite:
         raise OutputExistsError(final_path)
 

@@ -8,6 +8,7 @@ through Callbacks into a lock-protected state that `status()` copies out.
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 import threading
 import time
@@ -173,11 +174,11 @@ class TrainingJob:
             if s["job_id"] != job_id:
                 return
             s.update(step=info.step, total_steps=info.total_steps, epoch=info.epoch,
-                     total_epochs=info.total_epochs, loss=info.loss, avg_loss=info.avg_loss, lr=info.lr,
-                     it_per_s=info.it_per_s, eta_s=info.eta_s)
+                     total_epochs=info.total_epochs, loss=_finite(info.loss), avg_loss=_finite(info.avg_loss),
+                     lr=_finite(info.lr), it_per_s=_finite(info.it_per_s), eta_s=_finite(info.eta_s))
             if s["state"] == "preparing":
                 s["state"] = "training"
-            s["losses"].append(float(info.loss))
+            s["losses"].append(_finite(info.loss))
             s["loss_version"] += 1
             s["version"] += 1
 
@@ -226,6 +227,15 @@ class TrainingJob:
             print(f"[trainer] training failed:\n{detail}", file=sys.stderr)
         self._update(job_id, state="error", error=text, message="Failed: " + text.splitlines()[0],
                      finished_at=time.time(), log="error: " + text + ("\n" + detail if detail else ""))
+
+
+def _finite(x) -> Optional[float]:
+    """A diverged run's NaN/inf becomes None: the status stays valid JSON."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def host_progress(host: Host, commands: Commands):

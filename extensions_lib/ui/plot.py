@@ -47,7 +47,17 @@ def _thin(values: Sequence[float], limit: int) -> list[tuple[int, float]]:
     return out
 
 
-def loss_plot(losses: Sequence[float], total_steps: int = 0, width: int = 640, height: int = 220,
+def _nice_ticks(x_max: int, target: int = 5) -> list[int]:
+    """Round step numbers (1, 2, 2.5 or 5 times a power of ten apart) from 1 to x_max."""
+    raw = max(1.0, (x_max - 1) / (target - 1))
+    power = 10 ** math.floor(math.log10(raw))
+    steps = (1, 2, 2.5, 5, 10) if power >= 10 else (1, 2, 5, 10)
+    step = next(m * power for m in steps if m * power >= raw)
+    ticks = [1] + [int(k * step) for k in range(1, int(x_max // step) + 1) if k * step > 1]
+    return ticks
+
+
+def loss_plot(losses: Sequence[float], total_steps: int = 0, width: int = 480, height: int = 200,
               scale: int = 2) -> Optional[Image.Image]:
     """RGBA image of the loss per step (faint) and its moving average; None without data."""
     losses = [float(x) for x in losses if x is not None and math.isfinite(float(x))]
@@ -56,8 +66,8 @@ def loss_plot(losses: Sequence[float], total_steps: int = 0, width: int = 640, h
     W, H = width * scale, height * scale
     img = Image.new("RGBA", (W, H), (0, 0, 0, 0))
     draw = ImageDraw.Draw(img)
-    font = _font(11 * scale)
-    left, right, top, bottom = 52 * scale, 12 * scale, 10 * scale, 26 * scale
+    font = _font(12 * scale)
+    left, right, top, bottom = 56 * scale, 14 * scale, 14 * scale, 26 * scale
     pw, ph = W - left - right, H - top - bottom
 
     window = max(1, min(50, len(losses) // 10 or 1))
@@ -79,10 +89,9 @@ def loss_plot(losses: Sequence[float], total_steps: int = 0, width: int = 640, h
         label = _fmt(v)
         tw = draw.textlength(label, font=font)
         draw.text((left - 6 * scale - tw, y - 6 * scale), label, fill=INK, font=font)
-    for i in range(5):   # step ticks
-        step = 1 + (x_max - 1) * i / 4
+    for step in _nice_ticks(x_max):
         x, _ = xy(step, lo)
-        label = str(int(round(step)))
+        label = str(step)
         tw = draw.textlength(label, font=font)
         draw.text((min(max(x - tw / 2, left - tw / 2), W - tw - 2), top + ph + 6 * scale), label,
                   fill=INK, font=font)

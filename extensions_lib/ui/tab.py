@@ -158,8 +158,8 @@ def _fmt_time(seconds) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def status_html(s: dict) -> str:
-    """The progress bar and one line of numbers."""
+def status_html(s: dict, host_info: Optional[dict] = None) -> str:
+    """The progress bar and one line of numbers; when idle, the host's model and any problem."""
     esc = html.escape
     state = s["state"]
     total = s["total_steps"] or 0
@@ -170,7 +170,10 @@ def status_html(s: dict) -> str:
         if s["total_epochs"]:
             parts.append(f"epoch {s['epoch']} / {s['total_epochs']}")
     if s["loss"] is not None:
-        parts.append(f"loss <b>{s['loss']:.4f}</b> (avg {s['avg_loss']:.4f})")
+        avg = f" (avg {s['avg_loss']:.4f})" if s["avg_loss"] is not None else ""
+        parts.append(f"loss <b>{s['loss']:.4f}</b>{avg}")
+    elif s["step"]:
+        parts.append("loss <b>not finite</b>")
     if s["it_per_s"]:
         speed = f"{s['it_per_s']:.2f} it/s" if s["it_per_s"] >= 1 else f"{1 / s['it_per_s']:.2f} s/it"
         parts.append(speed)
@@ -185,17 +188,23 @@ def status_html(s: dict) -> str:
     if state == "idle":
         message = "Ready. Pick a dataset folder and press Start."
     msg_cls = "trainer-ext-error" if state == "error" else "trainer-ext-muted"
+    extra = ""
+    info = host_info or {}
+    if state not in RUNNING and info.get("model"):
+        extra += f"<div class='trainer-ext-muted'>Model: {esc(str(info['model']))}</div>"
+    if state not in RUNNING and info.get("problem"):
+        extra += f"<div class='trainer-ext-error'>{esc(str(info['problem']))}</div>"
     return (f"<div class='trainer-ext-status' data-state='{state}'>"
             f"<div class='trainer-ext-progress'><div style='width:{pct:.1f}%'></div></div>"
             f"<div class='trainer-ext-numbers'>{' · '.join(parts)}</div>"
-            f"<div class='{msg_cls}'>{esc(message or '')}</div></div>")
+            f"<div class='{msg_cls}'>{esc(message or '')}</div>{extra}</div>")
 
 
 # -- the tab ---------------------------------------------------------------------------------------
 def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] = None,
               poll_seconds: float = 1.0, host_for_run: Optional[Callable[[], Host]] = None):
     """Build the tab's Blocks (not launched). `host_for_run`, if given, is called at each Start
-    to get the host for that run (the WebUI glue passes a fresh A1111Host)."""
+    to get the host for that run; by default every run uses `host`."""
     defaults = defaults or TrainConfig()
     standalone = host.name == "standalone"
     keys = layout_keys(standalone)
@@ -275,10 +284,6 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
                 with compat.make(gr.Accordion, label="Log", open=False, elem_id=f"{ELEM_ID}_log_box"):
                     log = compat.make(gr.Textbox, value="", lines=8, max_lines=16, show_label=False,
                                       interactive=False, elem_id=f"{ELEM_ID}_log")
-        # what each open page has been sent, by gradio session: a poll sends only what changed.
-        # (Kept here rather than in a gr.State input so the every-second poll has no inputs:
-        # gradio 4's client warns on each call of an input-taking event hidden from its API.)
-        seen = _Seen()
 
         inputs = [w[k] for k in keys]
 
@@ -377,14 +382,17 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
                                    "else if (navigator.clipboard) { navigator.clipboard.writeText(text); } "
                                    "return []; }"))
 
-        def poll(request: gr.Request):
+        def poll(last: dict):
+            """(outputs, what this page has now): only what changed since `last` is sent."""
             s = job.status()
-            key = getattr(request, "session_hash", None) or "?"
-            last = seen.get(key)
+            last = last or {}
             new_job = last.get("job_id") != s["job_id"]
             out = []
             changed = new_job or last.get("version") != s["version"]
-            out.append(status_html(s) if changed or s["state"] in RUNNING else compat.no_change())
+            if changed or s["state"] in RUNNING:
+                out.append(status_html(s, None if s["state"] in RUNNING else _describe(host)))
+            else:
+                out.append(compat.no_change())
             if new_job or last.get("loss_version") != s["loss_version"]:
                 out.append(loss_plot(s["losses"], s["total_steps"]))
             else:
@@ -401,11 +409,31 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
                 out.append(compat.update(interactive=running))
             else:
                 out += [compat.no_change()] * 4
-            seen.put(key, {k: s[k] for k in ("job_id", "version", "loss_version", "preview_version")})
-            return out
+            return out, {k: s[k] for k in ("job_id", "version", "loss_version", "preview_version")}
 
-        tab.load(poll, inputs=None, outputs=[status, plot, gallery, result, log, start_btn, stop_btn],
-                 every=poll_seconds, show_progress="hidden", **NO_API)
+        poll_outputs = [status, plot, gallery, result, log, start_btn, stop_btn]
+        poll_options = dict(every=poll_seconds, show_progress="hidden", **NO_API)
+        if compat.GRADIO_MAJOR < 4:
+            # gradio 3 wraps `every` functions, hiding a gr.Request parameter: per-page memory in a State
+            seen_state = gr.State({})
+
+            def poll_page(last):
+                out, now = poll(last)
+                return out + [now]
+
+            tab.load(poll_page, inputs=[seen_state], outputs=poll_outputs + [seen_state], **poll_options)
+        else:
+            # gradio 4's client warns on every call of an input-taking event hidden from its API,
+            # so the per-page memory is kept here, by session, and the poll takes no inputs
+            seen = _Seen()
+
+            def poll_session(request: gr.Request):
+                key = getattr(request, "session_hash", None) or "?"
+                out, now = poll(seen.get(key))
+                seen.put(key, now)
+                return out
+
+            tab.load(poll_session, inputs=None, outputs=poll_outputs, **poll_options)
 
     # for tests: the widgets by config key, the key order of the handlers' values, the handlers
     tab.trainer_widgets = w
@@ -414,6 +442,14 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
     tab.trainer_handlers = {"start": on_start, "stop": on_stop, "poll": poll, "save": on_save, "load": load_from,
                             "preset": on_preset, "dataset": on_dataset, "method": on_method}
     return tab
+
+
+def _describe(host: Host) -> dict:
+    """The host's facts for the idle status line; a host that cannot tell is not an error."""
+    try:
+        return host.describe() or {}
+    except Exception:  # noqa: BLE001 - e.g. the WebUI has no model yet
+        return {}
 
 
 class _Seen:
