@@ -244,9 +244,7 @@ def test_webui_interrupt_stops_a_training_started_from_the_tab(tmp_path, tiny_sd
     job.start(config(tmp_path, steps=200), Probe())
     try:
         assert _wait_for(lambda: shared.state.job == "train" and shared.state.sampling_step >= 1), job.status()
-        if seen.get("commands") is None:
-            pytest.skip("extensions_lib/ui/job.py calls host.progress() without its Commands: it must call "
-                        "host.progress(commands) for the WebUI's Interrupt to stop a run started from the tab")
+        assert seen.get("commands") is not None, "the job must hand the host this run's Commands"
         shared.state.interrupt()
         assert job.wait(300)
     finally:
@@ -586,9 +584,7 @@ def test_clip_skip_device_and_describe(tmp_path, tiny_sd1):
 # ------------------------------------------------------------------------------ 7. the WebUI loads our script
 
 def test_extension_script_registers_a_tab_that_builds(tmp_path, tiny_sd1):
-    if not (REPO / "scripts" / "train_tab.py").is_file():
-        pytest.skip("scripts/train_tab.py is not written yet")
-    gr = pytest.importorskip("gradio")
+    import gradio as gr  # noqa: F401
     from modules import script_callbacks
 
     load(tiny_sd1)

@@ -7,7 +7,6 @@ through Callbacks into a lock-protected state that `status()` copies out.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import sys
 import threading
@@ -206,7 +205,7 @@ class TrainingJob:
         from ..train.session import run_training
 
         try:
-            callbacks = MultiCallbacks(_JobCallbacks(self, job_id), host_progress(host, commands))
+            callbacks = MultiCallbacks(_JobCallbacks(self, job_id), host.progress(commands))
             result = run_training(cfg, host, callbacks=callbacks, commands=commands)
         except BaseException as e:  # noqa: BLE001 - a failed run must never leave "training" behind
             self._fail(job_id, e)
@@ -236,16 +235,6 @@ def _finite(x) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return x if math.isfinite(x) else None
-
-
-def host_progress(host: Host, commands: Commands):
-    """The host's own progress callbacks, if any. A host whose progress() takes the Commands (the
-    WebUI's, so its Interrupt button stops the run) gets this run's."""
-    try:
-        takes_commands = bool(inspect.signature(host.progress).parameters)
-    except (TypeError, ValueError):
-        takes_commands = False
-    return host.progress(commands) if takes_commands else host.progress()
 
 
 def _is_user_error(e: BaseException) -> bool:

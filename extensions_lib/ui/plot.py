@@ -67,7 +67,7 @@ def loss_plot(losses: Sequence[float], total_steps: int = 0, width: int = 480, h
     img = Image.new("RGBA", (W, H), (0, 0, 0, 0))
     draw = ImageDraw.Draw(img)
     font = _font(12 * scale)
-    left, right, top, bottom = 56 * scale, 14 * scale, 14 * scale, 26 * scale
+    left, right, top, bottom = 56 * scale, 14 * scale, 26 * scale, 26 * scale
     pw, ph = W - left - right, H - top - bottom
 
     window = max(1, min(50, len(losses) // 10 or 1))

@@ -270,17 +270,17 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
                                            interactive=False)
                 message = gr.HTML("", elem_id=f"{ELEM_ID}_message")
                 status = gr.HTML(status_html(job.status()), elem_id=f"{ELEM_ID}_status")
+                with compat.make(gr.Row, elem_id=f"{ELEM_ID}_result_row", equal_height=True):
+                    result = compat.make(gr.Textbox, value="", label="Use it in a prompt", lines=1, max_lines=1,
+                                         placeholder="e.g. <lora:name:0.8>, when training ends",
+                                         interactive=False, elem_id=f"{ELEM_ID}_result", scale=4)
+                    copy_btn = compat.make(gr.Button, value="Copy", elem_id=f"{ELEM_ID}_copy", size="sm",
+                                           scale=1, min_width=80)
                 plot = compat.make(gr.Image, value=None, type="pil", label="Loss", interactive=False,
                                    elem_id=f"{ELEM_ID}_loss_plot", show_download_button=False,
-                                   show_share_button=False, height=230)
+                                   show_share_button=False, height=220)
                 gallery = compat.make(gr.Gallery, value=None, label="Previews", elem_id=f"{ELEM_ID}_gallery",
-                                      columns=4, height=260, object_fit="contain", show_share_button=False)
-                with compat.make(gr.Row, elem_id=f"{ELEM_ID}_result_row", equal_height=True):
-                    result = compat.make(gr.Textbox, value="", label="Use it in a prompt",
-                                         placeholder="appears when training ends, e.g. <lora:name:0.8>",
-                                         interactive=False, elem_id=f"{ELEM_ID}_result", scale=4)
-                    copy_btn = compat.make(gr.Button, value="📋 Copy", elem_id=f"{ELEM_ID}_copy", size="sm",
-                                           scale=1, min_width=80)
+                                      columns=4, height=200, object_fit="contain", show_share_button=False)
                 with compat.make(gr.Accordion, label="Log", open=False, elem_id=f"{ELEM_ID}_log_box"):
                     log = compat.make(gr.Textbox, value="", lines=8, max_lines=16, show_label=False,
                                       interactive=False, elem_id=f"{ELEM_ID}_log")
