@@ -35,25 +35,35 @@ def make_photo_dataset(folder: Path) -> Path:
     return folder
 
 
+def _error_map(guess: torch.Tensor, truth: torch.Tensor, scale: float) -> np.ndarray:
+    """Per-pixel error of a latent estimate as a grey picture (black = exact), on a shared scale."""
+    err = ((guess - truth).abs().mean(dim=0) / scale).clamp(0, 1)
+    return np.repeat((err * 255).byte().numpy()[:, :, None], 3, axis=2)
+
+
 @torch.no_grad()
-def denoise_strip(bundle, dataset, t: int = 400, seed: int = 0) -> list[np.ndarray]:
-    """One-step x0 reconstructions of each training photo from the same noisy latent."""
+def denoise_strip(bundle, dataset, t: int = 300, seed: int = 0) -> tuple[list, list, list]:
+    """For each training image (once): its latent, and the model's one-step estimate of that latent
+    from a noised copy (same noise for every model). The tiny VAE is random, so decoded pictures
+    would mean nothing: the comparison is in latent space, where the UNet works."""
     from .train.text import encode, tokenize
 
-    sched, out = bundle.noise_scheduler, []
+    sched, seen, truth, guess = bundle.noise_scheduler, [], [], []
     ac = sched.alphas_cumprod[t]
     for i, batch in enumerate(dataset.epoch_batches(0)):
-        z = batch.latents
-        g = torch.Generator().manual_seed(seed + i)
-        noise = torch.randn(z.shape, generator=g)
-        ts = torch.full((z.shape[0],), t)
-        ctx = encode(bundle.text_encoder, tokenize(bundle.tokenizer, batch.captions))
-        eps = bundle.unet(sched.add_noise(z, noise, ts), ts, ctx).sample
-        x0 = (sched.add_noise(z, noise, ts) - (1 - ac).sqrt() * eps) / ac.sqrt()
-        img = bundle.vae.decode(x0 / bundle.vae_scale_factor).sample
-        for x in img:
-            out.append(((x.clamp(-1, 1) + 1) * 127.5).byte().permute(1, 2, 0).numpy())
-    return out
+        for j, path in enumerate(batch.paths):
+            if path in seen:
+                continue
+            seen.append(path)
+            z = batch.latents[j:j + 1]
+            noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed + len(seen)))
+            ts = torch.full((1,), t)
+            noisy = sched.add_noise(z, noise, ts)
+            ctx = encode(bundle.text_encoder, tokenize(bundle.tokenizer, [batch.captions[j]]))
+            eps = bundle.unet(noisy, ts, ctx).sample
+            truth.append(z[0])
+            guess.append((noisy - (1 - ac).sqrt() * eps)[0] / ac.sqrt())
+    return seen, truth, guess
 
 
 def _grid(rows: list[list[np.ndarray]], scale: int = 2) -> Image.Image:
@@ -78,6 +88,8 @@ def run_demo(out: Path, seconds: float = 60.0) -> int:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # a tiny model's ops are too small to split across threads: one thread is faster
+    torch.set_num_threads(1)
     t0 = time.time()
     torch.manual_seed(0)
     # a checkpoint in the WebUI's key layout, viewed as diffusers modules without copying
@@ -95,8 +107,8 @@ def run_demo(out: Path, seconds: float = 60.0) -> int:
     cfg.training.learning_rate = 2e-3
     cfg.training.lr_scheduler = "cosine"
     cfg.training.train_batch_size = 2
-    # size the run to the time budget: a tiny step takes ~40-120 ms on 2 CPU cores
-    cfg.training.max_train_steps = max(60, int(seconds / 0.12))
+    # size the run to the time budget: a tiny step takes ~0.15-0.3 s on 2 CPU cores
+    cfg.training.max_train_steps = max(60, int(seconds / 0.3))
     cfg.training.max_train_epochs = 1000
     cfg.output.output_dir = str(out)
     cfg.output.name = "demo_lora"
@@ -105,7 +117,7 @@ def run_demo(out: Path, seconds: float = 60.0) -> int:
     dataset = build_dataset(cfg, scan(cfg))
     cache_latents(dataset, bundle, cfg, ConsoleProgress(False))
     base_loss = evaluate_loss(bundle, dataset)
-    before = denoise_strip(bundle, dataset)
+    paths, truth, before = denoise_strip(bundle, dataset)
 
     result = run_training(cfg, StandaloneHost(bundle), callbacks=ConsoleProgress())
 
@@ -116,15 +128,19 @@ def run_demo(out: Path, seconds: float = 60.0) -> int:
     net.apply_to(bundle.text_encoder, bundle.unet, apply_text_encoder=True, apply_unet=True)
     net.load_state_dict({k: v.float() for k, v in load_file(result.output_path).items()})
     trained_loss = evaluate_loss(bundle, dataset)
-    after = denoise_strip(bundle, dataset)
+    _, _, after = denoise_strip(bundle, dataset)
     net.restore()
 
-    originals = [np.asarray(Image.open(p).convert("RGB")) for b in dataset.epoch_batches(0) for p in b.paths]
+    scale = float(torch.stack([(g - z).abs().mean(dim=0) for g, z in zip(before, truth)]).quantile(0.99))
+    photos = [np.asarray(Image.open(p).convert("RGB").resize(truth[0].shape[1:][::-1], Image.LANCZOS))
+              for p in paths]
+    rows = [photos] + [[_error_map(g, z, scale) for g, z in zip(row, truth)] for row in (before, after)]
     preview = out / "demo_before_after.png"
-    _grid([originals, before, after]).save(preview)
+    _grid(rows, scale=4).save(preview)
     print(f"\nsteps: {result.steps}   time: {time.time() - t0:.0f}s")
     print(f"mean denoising loss, fixed noise and timesteps:  base {base_loss:.4f}  ->  trained {trained_loss:.4f}"
           f"  ({100 * (1 - trained_loss / base_loss):.0f}% lower)")
     print(f"LoRA file: {result.output_path}  (use as {result.prompt_usage})")
-    print(f"before/after picture: {preview}  (rows: photo, base model's denoising, trained model's denoising)")
+    print(f"before/after picture: {preview}  (rows: photo; error of the base model's and of the trained "
+          f"model's denoising of the same noisy latent, black = exact)")
     return 0

@@ -1,6 +1,9 @@
 """LoRA family: learning, independent loading of the files we write, no leaks between runs."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -95,8 +98,24 @@ def _kohya_merge(unet, text_encoder, sd: dict[str, torch.Tensor]) -> int:
     return len(bases)
 
 
-@pytest.mark.parametrize("method", ["lora", "locon"])
-def test_kohya_file_reproduces_trained_outputs(tmp_path, method):
+@dataclass
+class Trained:
+    """Outputs of the base and the trained in-memory model on fixed inputs, and the saved file."""
+    inputs: tuple
+    base_unet: torch.Tensor
+    base_ctx: torch.Tensor
+    unet: torch.Tensor
+    ctx: torch.Tensor
+    path: Path
+
+    def assert_reproduced_by(self, unet, text_encoder) -> None:
+        ref_unet, ref_ctx = _outputs(unet, text_encoder, self.inputs)
+        assert not torch.allclose(self.unet, self.base_unet, atol=1e-4)  # training changed something
+        torch.testing.assert_close(ref_ctx, self.ctx, atol=2e-4, rtol=1e-3)
+        torch.testing.assert_close(ref_unet, self.unet, atol=2e-4, rtol=1e-3)
+
+
+def _train_one_epoch(tmp_path, method) -> Trained:
     make_images(tmp_path / "data" / "5_sks")
     cfg = quick_config(tmp_path / "data", tmp_path / "out", method, training__max_train_epochs=1,
                        training__learning_rate=2e-2, output__save_precision="fp32")
@@ -104,18 +123,19 @@ def test_kohya_file_reproduces_trained_outputs(tmp_path, method):
     inputs = _fixed_inputs(bundle)
     base_unet, base_ctx = _outputs(bundle.unet, bundle.text_encoder, inputs)
     trained, _, result = _train_attached(cfg, bundle, tmp_path)
-    ours_unet, ours_ctx = _outputs(bundle.unet, bundle.text_encoder, inputs)
+    unet, ctx = _outputs(bundle.unet, bundle.text_encoder, inputs)
     trained.detach()
+    return Trained(inputs, base_unet, base_ctx, unet, ctx, result.output_path)
 
-    sd = load_file(result.output_path)
+
+@pytest.mark.parametrize("method", ["lora", "locon"])
+def test_kohya_file_reproduces_trained_outputs(tmp_path, method):
+    t = _train_one_epoch(tmp_path, method)
+    sd = load_file(t.path)
     fresh = tiny_bundle()  # same seed: the same base weights, never touched by training
-    n = _kohya_merge(fresh.unet, fresh.text_encoder, sd)
-    ref_unet, ref_ctx = _outputs(fresh.unet, fresh.text_encoder, inputs)
-    assert n == len({k.split(".")[0] for k in sd}) > 0
-    assert not torch.allclose(ours_unet, base_unet, atol=1e-4)
-    assert not torch.allclose(ours_ctx, base_ctx, atol=1e-4)
-    torch.testing.assert_close(ref_ctx, ours_ctx, atol=2e-4, rtol=1e-3)
-    torch.testing.assert_close(ref_unet, ours_unet, atol=2e-4, rtol=1e-3)
+    assert _kohya_merge(fresh.unet, fresh.text_encoder, sd) == len({k.split(".")[0] for k in sd}) > 0
+    assert not torch.allclose(t.ctx, t.base_ctx, atol=1e-4)  # the text encoder part trained too
+    t.assert_reproduced_by(fresh.unet, fresh.text_encoder)
 
 
 def _peft_backend() -> bool:
@@ -131,65 +151,39 @@ def test_diffusers_load_lora_weights(tmp_path, method):
                     "this stack pins an older transformers; test_kohya_file_reproduces_trained_outputs covers it")
     from diffusers import StableDiffusionPipeline
 
-    make_images(tmp_path / "data" / "5_sks")
-    cfg = quick_config(tmp_path / "data", tmp_path / "out", method, training__max_train_epochs=1,
-                       training__learning_rate=2e-2, output__save_precision="fp32")
-    bundle = tiny_bundle()
-    inputs = _fixed_inputs(bundle)
-    base_unet, _ = _outputs(bundle.unet, bundle.text_encoder, inputs)
-    trained, _, result = _train_attached(cfg, bundle, tmp_path)
-    ours_unet, ours_ctx = _outputs(bundle.unet, bundle.text_encoder, inputs)
-    trained.detach()
-
+    t = _train_one_epoch(tmp_path, method)
     fresh = tiny_bundle()
     pipe = StableDiffusionPipeline(vae=fresh.vae, text_encoder=fresh.text_encoder, tokenizer=fresh.tokenizer,
                                    unet=fresh.unet, scheduler=fresh.noise_scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
-    pipe.load_lora_weights(str(result.output_path.parent), weight_name=result.output_path.name)
-    ref_unet, ref_ctx = _outputs(pipe.unet, pipe.text_encoder, inputs)
-    assert not torch.allclose(ours_unet, base_unet, atol=1e-4)
-    torch.testing.assert_close(ref_ctx, ours_ctx, atol=2e-4, rtol=1e-3)
-    torch.testing.assert_close(ref_unet, ours_unet, atol=2e-4, rtol=1e-3)
+    pipe.load_lora_weights(str(t.path.parent), weight_name=t.path.name)
+    t.assert_reproduced_by(pipe.unet, pipe.text_encoder)
 
 
 @pytest.mark.parametrize("method", ["loha", "lokr"])
 def test_loha_lokr_file_reproduces_trained_outputs(tmp_path, method):
-    make_images(tmp_path / "data" / "5_sks")
-    cfg = quick_config(tmp_path / "data", tmp_path / "out", method, training__max_train_epochs=1,
-                       training__learning_rate=2e-2, output__save_precision="fp32")
-    bundle = tiny_bundle()
-    inputs = _fixed_inputs(bundle)
-    base_unet, _ = _outputs(bundle.unet, bundle.text_encoder, inputs)
-    trained, _, result = _train_attached(cfg, bundle, tmp_path)
-    ours_unet, ours_ctx = _outputs(bundle.unet, bundle.text_encoder, inputs)
-    trained.detach()
+    from lycoris.kohya import LycorisNetworkKohya, create_network_from_weights
 
-    sd = load_file(result.output_path)
+    from extensions_lib.methods.lora import _lycoris_preset, lora_targets
+
+    t = _train_one_epoch(tmp_path, method)
+    sd = load_file(t.path)
     key = "hada_w1_a" if method == "loha" else "lokr_w1"
     assert any(key in k for k in sd)
     assert any("resnets" in k for k in sd)  # conv layers are part of LoHa/LoKr by default
     fresh = tiny_bundle()
     _kohya_merge(fresh.unet, fresh.text_encoder, sd)
-    ref_unet, ref_ctx = _outputs(fresh.unet, fresh.text_encoder, inputs)
-    assert not torch.allclose(ours_unet, base_unet, atol=1e-4)
-    torch.testing.assert_close(ref_ctx, ours_ctx, atol=2e-4, rtol=1e-3)
-    torch.testing.assert_close(ref_unet, ours_unet, atol=2e-4, rtol=1e-3)
+    t.assert_reproduced_by(fresh.unet, fresh.text_encoder)
 
     # and lycoris' own loader, which rebuilds each module's type from the file's keys. Its target
     # lists are global class state whose defaults fail on a diffusers UNet, so scope them.
-    from lycoris.kohya import LycorisNetworkKohya, create_network_from_weights
-
-    from extensions_lib.methods.lora import _lycoris_preset, lora_targets
-
     fresh = tiny_bundle()
     with _lycoris_preset(LycorisNetworkKohya, **lora_targets(method, 4)):
-        net, _ = create_network_from_weights(1.0, str(result.output_path), fresh.vae, fresh.text_encoder,
-                                             fresh.unet, weights_sd=dict(sd))
+        net, _ = create_network_from_weights(1.0, str(t.path), fresh.vae, fresh.text_encoder, fresh.unet,
+                                             weights_sd=dict(sd))
     net.apply_to(fresh.text_encoder, fresh.unet, apply_text_encoder=True, apply_unet=True)
     net.load_state_dict(sd, strict=True)
-    lyco_unet, lyco_ctx = _outputs(fresh.unet, fresh.text_encoder, inputs)
-    torch.testing.assert_close(lyco_ctx, ours_ctx, atol=2e-4, rtol=1e-3)
-    torch.testing.assert_close(lyco_unet, ours_unet, atol=2e-4, rtol=1e-3)
+    t.assert_reproduced_by(fresh.unet, fresh.text_encoder)
 
 
 def test_key_names_and_metadata(tmp_path):
