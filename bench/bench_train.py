@@ -69,6 +69,13 @@ def one(res: int, precision: str, checkpointing: int, steps: int, warmup: int) -
     cfg.output.output_dir = str(tmp / "out")
     cfg.output.name = "bench"
 
+    if os.environ.get("BENCH_CHANNELS_LAST"):
+        bundle.unet.to(memory_format=torch.channels_last)
+    if precision != "no":
+        # what the standalone host does: frozen weights stored in the training precision
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        bundle.unet.to(dtype)
+        bundle.text_encoder.to(dtype)
     dataset = build_dataset(cfg, scan(cfg))
     method = make_method(cfg)
     torch.manual_seed(0)
@@ -90,6 +97,7 @@ def one(res: int, precision: str, checkpointing: int, steps: int, warmup: int) -
             times.append(now - Clock.last)
             Clock.last = now
 
+    trainable = sum(p.numel() for p in method.trainable_parameters())
     result = Trainer(cfg, bundle, method, dataset, output_dir=tmp / "out", callbacks=Clock()).run()
     method.detach()
     steady = times[warmup:]
@@ -97,7 +105,7 @@ def one(res: int, precision: str, checkpointing: int, steps: int, warmup: int) -
         "resolution": res, "precision": precision, "grad_checkpointing": bool(checkpointing),
         "s_per_step": sum(steady) / len(steady), "first_step_s": times[0], "peak_rss_gib": peak_rss_gib(),
         "build_s": build_s, "latent_cache_s_per_image": cache_s, "steps": result.steps,
-        "trainable_params": sum(p.numel() for p in method.trainable_parameters()) if method.network else None,
+        "trainable_params": trainable,
     }
 
 
