@@ -26,9 +26,9 @@ def _resolution(value: str) -> int:
 def preload(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trainer-output-dir", type=_absolute_path, default=None,
-        help="Train extension: folder for training runs (logs, preview images, resumable state). "
-             "Finished LoRAs, embeddings and hypernetworks still go to the WebUI's model folders. "
-             "Default: a folder under the WebUI's outputs folder.")
+        help="Train extension: folder for its working files (the on-disk latent cache when 'cache latents "
+             "to disk' is on). Finished LoRAs, embeddings and hypernetworks still go to the WebUI's model "
+             "folders. Default: a .latent_cache folder inside the dataset folder.")
     parser.add_argument(
         "--trainer-disable-api", action="store_true", default=False,
         help="Train extension: do not add its REST API routes; the Train tab still works.")

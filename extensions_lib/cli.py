@@ -50,9 +50,7 @@ def _problem(item: str):
 
 
 def cmd_train(args) -> int:
-    from .data.folders import DatasetError
-    from .export.atomic import OutputExistsError
-    from .hosts.base import HostError
+    from .errors import user_error_types
     from .hosts.standalone import StandaloneHost
     from .train.console import ConsoleProgress
     from .train.events import Commands
@@ -77,7 +75,7 @@ def cmd_train(args) -> int:
         _stop_on_ctrl_c(commands)
         result = run_training(cfg, StandaloneHost(device=str(_device(dist))), callbacks=ConsoleProgress(dist.is_main),
                               commands=commands, dist=dist)
-    except (ConfigError, DatasetError, OutputExistsError, HostError, FileNotFoundError) as e:
+    except user_error_types() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if dist.is_main:

@@ -535,10 +535,28 @@ def test_output_folders_are_the_webuis(tmp_path, webui):
         host.output_dir("checkpoint", cfg)
 
 
-def test_trainer_output_dir_option_is_not_used_for_models(tmp_path):
+def test_trainer_output_dir_holds_the_latent_cache_not_models(tmp_path, tiny_sd1):
     opts = fw.reset(tmp_path / "webui", argv=["--trainer-output-dir", str(tmp_path / "runs")])
     assert opts.trainer_output_dir == str(tmp_path / "runs")
-    assert A1111Host().output_dir("lora", config(tmp_path)) == Path(opts.lora_dir)
+    cfg = config(tmp_path)
+    assert A1111Host().output_dir("lora", cfg) == Path(opts.lora_dir)
+    load(tiny_sd1)
+    cfg.data.cache_latents_to_disk = True
+    result = run_training(cfg, A1111Host())
+    assert result.output_path.parent == Path(opts.lora_dir)
+    assert list((tmp_path / "runs" / "latent_cache").iterdir())       # the cache went to the option's folder
+    assert not (tmp_path / "data" / ".latent_cache").exists()          # not into the user's dataset
+
+
+def test_max_resolution_option_refuses_larger_trainings(tmp_path, tiny_sd1):
+    fw.reset(tmp_path / "webui", argv=["--trainer-max-resolution", "512"])
+    load(tiny_sd1)
+    cfg = config(tmp_path)
+    cfg.data.resolution = 768
+    with pytest.raises(HostError, match=r"data.resolution = 768.*--trainer-max-resolution 512"):
+        run_training(cfg, A1111Host())
+    cfg.data.resolution = 64
+    A1111Host().check_ready(cfg)
 
 
 def test_refresh_embeddings_and_hypernetworks(tmp_path, webui):

@@ -59,7 +59,15 @@ class A1111Host(Host):
                   or webui_model.precision_refusal(sd_model, cfg.training.mixed_precision))
         if reason:
             raise HostError(reason)
+        limit = getattr(_cmd_opts(), "trainer_max_resolution", None)
+        if limit and cfg.data.resolution > limit:
+            raise HostError(f"data.resolution = {cfg.data.resolution}: this WebUI was started with "
+                            f"--trainer-max-resolution {limit}; pick {limit} or less")
         self._tokenizer(sd_model, cfg)       # refuse now if prompts cannot be tokenized (SD2: open_clip)
+
+    def work_dir(self) -> Optional[Path]:
+        folder = getattr(_cmd_opts(), "trainer_output_dir", None)
+        return Path(folder) if folder else None
 
     # -- the GPU queue and the WebUI job -------------------------------------------------------
     @contextmanager
@@ -232,3 +240,9 @@ class A1111Host(Host):
                     v_prediction=getattr(sd_model, "parameterization", "eps") == "v",
                     device=str(self.device()), dtype=str(dtype).replace("torch.", "") if dtype else None,
                     fp8=bool(webui_model.fp8_modules(sd_model)), ready=problem is None, problem=problem)
+
+
+def _cmd_opts():
+    from modules import shared
+
+    return shared.cmd_opts

@@ -43,6 +43,10 @@ class Host:
     def refresh(self, kind: str, path: Path) -> None:
         """Make a freshly written file usable at once (reload the host's lists)."""
 
+    def work_dir(self) -> Optional[Path]:
+        """Where working files (the on-disk latent cache) go; None = inside the dataset folder."""
+        return None
+
     def clip_skip(self, cfg: TrainConfig) -> int:
         return cfg.model.clip_skip or 1
 

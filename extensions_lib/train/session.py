@@ -40,7 +40,8 @@ def scan(cfg: TrainConfig):
                         caption_extension=d.caption_extension)
 
 
-def cache_latents(dataset: TrainDataset, bundle, cfg: TrainConfig, callbacks: Callbacks) -> None:
+def cache_latents(dataset: TrainDataset, bundle, cfg: TrainConfig, callbacks: Callbacks,
+                  work_dir: Optional[Path] = None) -> None:
     if not (cfg.data.cache_latents and dataset.can_cache_latents):
         return
     vae = bundle.vae
@@ -51,7 +52,9 @@ def cache_latents(dataset: TrainDataset, bundle, cfg: TrainConfig, callbacks: Ca
         out = vae.encode(pixels.to(device, dtype)).latent_dist.mean
         return out.float().cpu() * bundle.vae_scale_factor
 
-    disk = Path(cfg.data.train_dir) / ".latent_cache" if cfg.data.cache_latents_to_disk else None
+    disk = None
+    if cfg.data.cache_latents_to_disk:
+        disk = Path(work_dir) / "latent_cache" if work_dir else Path(cfg.data.train_dir) / ".latent_cache"
     callbacks.on_status("Caching latents…")
     # the disk cache must never hand latents of another model/VAE to this one
     key = f"{bundle.model_name}|{bundle.model_sha256 or bundle.model_hash}|{bundle.vae_name}"
@@ -87,7 +90,7 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
         torch.manual_seed(cfg.training.seed)
         method.attach(bundle)
         try:
-            cache_latents(dataset, bundle, cfg, callbacks)
+            cache_latents(dataset, bundle, cfg, callbacks, host.work_dir())
             extra = {
                 # kohya counts images x repeats here
                 "num_train_images": dataset.num_train_samples,

@@ -238,11 +238,9 @@ def _finite(x) -> Optional[float]:
 
 
 def _is_user_error(e: BaseException) -> bool:
-    from ..data.folders import DatasetError
-    from ..export.atomic import OutputExistsError
-    from ..hosts.base import HostError
+    from ..errors import user_error_types
 
-    return isinstance(e, (ConfigError, DatasetError, HostError, OutputExistsError, FileNotFoundError))
+    return isinstance(e, user_error_types())
 
 
 def preflight(cfg: TrainConfig, host: Host) -> tuple[int, int, list[str]]:

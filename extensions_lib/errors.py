@@ -1,0 +1,13 @@
+"""The refusals a user can fix (bad config, dataset, model, output name, busy host), as opposed to
+bugs. Front ends show these as plain messages, without a traceback."""
+from __future__ import annotations
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    from .config import ConfigError
+    from .data.folders import DatasetError
+    from .export.atomic import OutputExistsError
+    from .hosts.base import HostError
+    from .model.errors import ModelError
+
+    return (ConfigError, DatasetError, HostError, ModelError, OutputExistsError, FileNotFoundError)
