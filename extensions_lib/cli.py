@@ -107,7 +107,9 @@ def cmd_config(args) -> int:
     if args.path.exists():
         print(f"error: {args.path} exists; choose another path", file=sys.stderr)
         return 2
-    args.path.write_text(TrainConfig().to_toml(), encoding="utf-8")
+    from .config import commented_toml
+
+    args.path.write_text(commented_toml(TrainConfig()), encoding="utf-8")
     print(f"wrote {args.path}")
     return 0
 

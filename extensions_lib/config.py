@@ -470,6 +470,20 @@ def iter_fields():
             yield sname, f
 
 
+def commented_toml(cfg: "TrainConfig") -> str:
+    """The config as TOML with every option's help text and limits as a comment above it."""
+    lines = [f"version = {cfg.version}"]
+    for sname, cls in SECTIONS.items():
+        lines.append(f"\n[{sname}]")
+        section = getattr(cfg, sname)
+        for f in dataclasses.fields(cls):
+            m = f.metadata
+            allowed = f" ({', '.join(map(str, m['choices']))})" if m.get("choices") else ""
+            lines.append(f"# {m.get('help', '')}{allowed}")
+            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
+    return "\n".join(lines) + "\n"
+
+
 def dumps_toml(data: dict) -> str:
     """TOML writer for our config shape (scalars, lists of scalars, one level of tables)."""
     try:

@@ -123,3 +123,13 @@ def test_readme_options_table_is_current():
                            text=True, check=True).stdout.strip()
     assert table in (root / "README.md").read_text(encoding="utf-8"), \
         "README options table is stale: run python tools/options_table.py --write"
+
+
+def test_commented_default_config_reads_back(tmp_path):
+    from extensions_lib.config import commented_toml
+
+    path = tmp_path / "default.toml"
+    path.write_text(commented_toml(TrainConfig()), encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
+    assert "# Rank (network dim) of linear layers." in text and "[training]" in text
+    assert TrainConfig.from_toml(path) == TrainConfig()
