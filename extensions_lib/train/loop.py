@@ -203,7 +203,8 @@ class Trainer:
                     weights = torch.where(batch.is_reg, cfg.data.prior_loss_weight, 1.0)
                     loss = denoising_loss(pred, target_for(scheduler, latents, noise, ts), scheduler=scheduler,
                                           timesteps=ts, min_snr_gamma=t.min_snr_gamma, sample_weights=weights)
-                    (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+                    scaled = loss / accum
+                    (scaler.scale(scaled) if scaler else scaled).backward()
                     recent.append(float(loss.detach()))
                     micro += 1
                     if micro % accum and i != len(batches) - 1:
@@ -213,7 +214,11 @@ class Trainer:
                         scaler.unscale_(optimizer)
                     if t.max_grad_norm:
                         torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-                    (scaler.step(optimizer), scaler.update()) if scaler else optimizer.step()
+                    if scaler:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
                     lr_schedule.step()
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
