@@ -51,3 +51,17 @@ def quick_config(train_dir: Path, out_dir: Path, method: str = "lora", **overrid
         section, key = dotted.split("__")
         setattr(getattr(cfg, section), key, value)
     return cfg
+
+
+def assert_refused(cfg: TrainConfig, field: str, value) -> None:
+    """Setting `field` (section.key) to `value` makes validation refuse it, naming the field."""
+    import pytest
+
+    from extensions_lib.config import ConfigError
+
+    section, key = field.split(".")
+    setattr(getattr(cfg, section), key, value)
+    with pytest.raises(ConfigError) as e:
+        cfg.check()
+    assert field in [p.field for p in e.value.problems]
+    assert field in str(e.value)
