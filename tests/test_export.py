@@ -456,3 +456,12 @@ def test_preview_png(tmp_path):
     (tmp_path / "cat.preview.jpg").write_bytes(b"x")
     assert existing_previews(lora) == [path, str(tmp_path / "cat.preview.jpg")]
     assert files_in(tmp_path) == ["cat.png", "cat.preview.jpg"]
+
+
+def test_legacy_file_hash_reads_the_same_window(tmp_path):
+    from extensions_lib.export.hashes import legacy_file_hash
+
+    data = bytes(range(256)) * (0x120000 // 256)
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(data)
+    assert legacy_file_hash(path) == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]

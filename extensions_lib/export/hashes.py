@@ -40,8 +40,19 @@ def _data_section(file_bytes: bytes) -> bytes:
     return file_bytes[8 + header_len:]
 
 
+def _legacy_digest(window: bytes) -> str:
+    return hashlib.sha256(window).hexdigest()[:8]
+
+
 def _legacy_of_bytes(file_bytes: bytes) -> str:
-    return hashlib.sha256(file_bytes[_LEGACY_OFFSET:_LEGACY_OFFSET + _LEGACY_LENGTH]).hexdigest()[:8]
+    return _legacy_digest(file_bytes[_LEGACY_OFFSET:_LEGACY_OFFSET + _LEGACY_LENGTH])
+
+
+def legacy_file_hash(path: str | os.PathLike[str]) -> str:
+    """The same 64 KiB-at-1 MiB rule over a file on disk: the WebUI's old checkpoint hash."""
+    with open(path, "rb") as f:
+        f.seek(_LEGACY_OFFSET)
+        return _legacy_digest(f.read(_LEGACY_LENGTH))
 
 
 def model_hash_sha256(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> str:

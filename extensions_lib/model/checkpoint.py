@@ -6,13 +6,13 @@ Safetensors files are memory-mapped: the bundle's weights are pages of the file,
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
+from ..export.hashes import legacy_file_hash
 from .bundle import SD1, SD2, ModelBundle, make_noise_scheduler
 from .errors import CheckpointError, TokenizerError, UnsupportedModelError
 from .ldm import bundle_from_ldm, build_vae, detect_version, normalize_vae_state_dict
@@ -71,13 +71,6 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors.")
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-
-
-def legacy_hash(path: PathLike) -> str:
-    """The WebUI's old 8-hex model hash: sha256 of 64 KiB at offset 1 MiB (cheap to compute)."""
-    with open(path, "rb") as f:
-        f.seek(0x100000)
-        return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
 
 
 def load_tokenizer(folder: PathLike, version: str = SD1):
@@ -143,7 +136,7 @@ def load_bundle(
     version = detect_version(sd)
     tokenizer = load_tokenizer(tokenizer_dir, version)
     bundle = bundle_from_ldm(sd, tokenizer, v_prediction=v_prediction, vae_state_dict=vae_sd,
-                             model_name=path.name, model_hash=legacy_hash(path))
+                             model_name=path.name, model_hash=legacy_file_hash(path))
     bundle.vae_name = vae_path.name if vae_path is not None else None
     bundle.extra["path"] = str(path)
     return bundle

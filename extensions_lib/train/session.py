@@ -34,10 +34,26 @@ def build_dataset(cfg: TrainConfig, scan) -> TrainDataset:
     )
 
 
-def scan(cfg: TrainConfig):
+def scan(cfg: TrainConfig, *, check_images: bool = True):
     d = cfg.data
     return scan_dataset(Path(d.train_dir), Path(d.reg_dir) if d.reg_dir else None,
-                        caption_extension=d.caption_extension)
+                        caption_extension=d.caption_extension, check_images=check_images)
+
+
+def check_before_model(cfg: TrainConfig, host: Host, *, check_images: bool = True):
+    """Every refusal that needs no model (config, host state, precision, dataset, existing output),
+    in this order. Returns (dataset scan, method)."""
+    problems = cfg.validate()
+    if problems:
+        raise ConfigError(problems)
+    host.check_ready(cfg)
+    autocast_dtype(cfg, host.device())  # refuses fp16 without a GPU before any model work
+    data_scan = scan(cfg, check_images=check_images)
+    method = make_method(cfg)
+    final_path = method.file_path(host.output_dir(method.kind, cfg), cfg.output_name)
+    if final_path.exists() and not cfg.output.overwrite:
+        raise OutputExistsError(final_path)
+    return data_scan, method
 
 
 def cache_latents(dataset: TrainDataset, bundle, cfg: TrainConfig, callbacks: Callbacks,
@@ -71,17 +87,8 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
                  commands: Optional[Commands] = None, dist: Optional[Dist] = None) -> TrainResult:
     callbacks = callbacks or Callbacks()
     dist = dist or Dist()
-    problems = cfg.validate()
-    if problems:
-        raise ConfigError(problems)
-    host.check_ready(cfg)
-    autocast_dtype(cfg, host.device())  # refuses fp16 without a GPU before any model work
-    data_scan = scan(cfg)
-    method = make_method(cfg)
+    data_scan, method = check_before_model(cfg, host)
     out_dir = host.output_dir(method.kind, cfg)
-    final_path = method.file_path(out_dir, cfg.output_name)
-    if final_path.exists() and not cfg.output.overwrite:
-        raise OutputExistsError(final_path)
 
     with host.exclusive(), host.borrow_bundle(cfg) as bundle:
         callbacks.on_status("Preparing dataset…")

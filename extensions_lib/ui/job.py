@@ -17,7 +17,7 @@ from collections import deque
 from pathlib import Path
 from typing import Optional
 
-from ..config import ConfigError, TrainConfig
+from ..config import TrainConfig
 from ..hosts.base import Host
 from ..train.events import Callbacks, Commands, MultiCallbacks, StepInfo, TrainResult
 
@@ -246,27 +246,13 @@ def _is_user_error(e: BaseException) -> bool:
 def preflight(cfg: TrainConfig, host: Host) -> tuple[int, int, list[str]]:
     """Every refusal that needs no model, in the order run_training meets them.
     Returns (total steps, epochs, log lines about the dataset)."""
-    from ..data.folders import scan_dataset
-    from ..export.atomic import OutputExistsError
-    from ..export.naming import output_path
-    from ..methods.base import make_method
-    from ..train.loop import autocast_dtype, plan_steps
-    from ..train.session import build_dataset
+    from ..train.loop import plan_steps
+    from ..train.session import build_dataset, check_before_model
 
-    problems = cfg.validate()
-    if problems:
-        raise ConfigError(problems)
-    host.check_ready(cfg)
-    autocast_dtype(cfg, host.device())     # fp16 on a CPU-only host: refused here, not after loading
-    d = cfg.data
     # headers only: fast on big folders; the run's own scan decodes every image
-    scan = scan_dataset(d.train_dir, d.reg_dir or None, caption_extension=d.caption_extension, check_images=False)
+    scan, _ = check_before_model(cfg, host, check_images=False)
     dataset = build_dataset(cfg, scan)
     _, total, epochs = plan_steps(cfg, dataset.steps_per_epoch())
-    method = make_method(cfg)
-    final = Path(output_path(host.output_dir(method.kind, cfg), cfg.output_name, ext=method.file_suffix))
-    if final.exists() and not cfg.output.overwrite:
-        raise OutputExistsError(final)
     log = [f"dataset: {scan.num_train_images} images ({dataset.num_train_samples} samples per epoch), "
            f"{scan.num_reg_images} regularization images; {total} steps in {epochs} epochs"]
     log += [f"skipped: {p}" for p in scan.problems[:20]]
