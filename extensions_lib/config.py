@@ -454,15 +454,6 @@ def _check_field(sname: str, f: dataclasses.Field, value, problems: list[ConfigP
             problems.append(ConfigProblem(name, value, f"between {lo} and {hi}"))
 
 
-def field_help(dotted: str) -> str:
-    """Tooltip text of `section.key`."""
-    sname, name = dotted.split(".", 1)
-    for f in dataclasses.fields(SECTIONS[sname]):
-        if f.name == name:
-            return f.metadata.get("help", "")
-    raise KeyError(dotted)
-
-
 def iter_fields():
     """(section, dataclasses.Field) for every option, in declaration order (UI and docs)."""
     for sname, cls in SECTIONS.items():

@@ -24,7 +24,6 @@ ATTENTION_BLOCKS = ["Transformer2DModel"]
 CONV_BLOCKS = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
 TEXT_BLOCKS = ["CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP"]
 
-ALGO = {"lora": "lora", "locon": "locon", "loha": "loha", "lokr": "lokr"}
 NETWORK_MODULE = "lycoris.kohya"   # ss_network_module: what sd-scripts / the WebUI expect for LyCORIS files
 
 _preset_lock = threading.Lock()
@@ -87,7 +86,7 @@ def build_network(cfg: TrainConfig, text_encoder, unet):
             dropout=n.dropout,
             rank_dropout=n.rank_dropout,
             module_dropout=n.module_dropout,
-            network_module=ALGO[n.method],
+            network_module=n.method,  # lycoris algo names match ours
             warn_on_unmatched=False,
             **extra,
         )

@@ -68,12 +68,6 @@ class Dist:
         if not torch.allclose(lo, hi, rtol=1e-6, atol=1e-9):
             raise RuntimeError("data-parallel processes diverged: trained weights differ between processes")
 
-    def barrier(self) -> None:
-        if self.num_processes > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
     mp = cfg.training.mixed_precision
