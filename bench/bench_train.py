@@ -103,7 +103,8 @@ def one(res: int, precision: str, checkpointing: int, steps: int, warmup: int) -
     steady = times[warmup:]
     return {
         "resolution": res, "precision": precision, "grad_checkpointing": bool(checkpointing),
-        "s_per_step": sum(steady) / len(steady), "first_step_s": times[0], "peak_rss_gib": peak_rss_gib(),
+        "s_per_step": sum(steady) / len(steady), "median_s_per_step": sorted(steady)[len(steady) // 2],
+        "step_times": [round(x, 3) for x in times], "first_step_s": times[0], "peak_rss_gib": peak_rss_gib(),
         "build_s": build_s, "latent_cache_s_per_image": cache_s, "steps": result.steps,
         "trainable_params": trainable,
     }

@@ -18,6 +18,7 @@ from ..export.hashes import with_hashes
 from ..export.metadata import lora_metadata
 from ..model.bundle import ModelBundle
 from .base import Method, SaveInfo
+from .lora_bypass import use_lean_bypass
 
 # Which module classes each method reaches (kohya's defaults).
 ATTENTION_BLOCKS = ["Transformer2DModel"]
@@ -112,6 +113,7 @@ class LoraMethod(Method):
         device = next(bundle.unet.parameters()).device
         net.to(device=device, dtype=torch.float32)
         net.requires_grad_(True)
+        use_lean_bypass(net.loras)
         self.network = net
 
     def detach(self) -> None:

@@ -20,6 +20,7 @@ from .events import Callbacks, Commands, StepInfo, TrainResult
 from .objective import denoising_loss, sample_noise, sample_timesteps, target_for
 from .optimizers import build_optimizer, build_scheduler, warmup_steps
 from .preview import sample_images
+from .small_convs import switch_small_convs
 from .text import TextConditioner
 
 
@@ -180,6 +181,7 @@ class Trainer:
         step, losses, stopped = 0, [], False
         recent: list[float] = []
         t0 = time.time()
+        restore_convs = switch_small_convs(bundle.unet, self.device)
         try:
             for epoch in range(1, epochs + 1):
                 batches = self.dataset.epoch_batches(epoch - 1, num_shards=self.dist.num_processes,
@@ -247,6 +249,7 @@ class Trainer:
             final = self._save(step=step, epoch=epoch, final=True, label={})
         finally:
             method.train_mode(False)
+            restore_convs()
             self._set_checkpointing(checkpointing, restore=True)
         result = TrainResult(output_path=final, steps=step, epochs=epoch, stopped=stopped, saved=list(self.saved),
                              losses=losses, prompt_usage=method.prompt_usage(cfg.output_name),
