@@ -50,7 +50,7 @@ def test_gemm_form_only_for_small_outputs():
 
 
 def test_switch_small_convs_gives_same_outputs_and_undoes():
-    from tests.helpers import tiny_bundle
+    from helpers import tiny_bundle
 
     unet = tiny_bundle().unet
     own = next(m for m in unet.modules() if isinstance(m, torch.nn.Conv2d))
@@ -74,7 +74,7 @@ def _lycoris_pair(method: str, **kw):
     from extensions_lib.config import TrainConfig
     from extensions_lib.methods.lora import build_network
     from extensions_lib.methods.lora_bypass import use_lean_bypass
-    from tests.helpers import tiny_bundle
+    from helpers import tiny_bundle
 
     out = []
     for lean in (True, False):

@@ -37,6 +37,22 @@ def test_each_optimizer_takes_a_step(name):
     assert torch.isfinite(p[0]).all()
 
 
+def test_adamw_is_fused_where_torch_can_and_steps_like_plain_adamw():
+    cfg = TrainConfig()
+    cfg.training.weight_decay = 0.1
+    fused_p, plain_p = _params(), _params()
+    fused = build_optimizer(cfg, [{"params": fused_p, "lr": 1e-2, "name": "x"}], torch.device("cpu"))
+    plain = torch.optim.AdamW(plain_p, lr=1e-2, weight_decay=0.1)
+    if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4):
+        assert fused.defaults["fused"] is True
+    for _ in range(3):
+        for p, opt in ((fused_p, fused), (plain_p, plain)):
+            opt.zero_grad()
+            (p[0] ** 3).sum().backward()
+            opt.step()
+    torch.testing.assert_close(fused_p[0], plain_p[0], rtol=1e-5, atol=1e-6)
+
+
 def test_adamw8bit_runs_or_refuses_clearly():
     """bitsandbytes' CPU support depends on its version: either a real step happens, or the
     refusal names the field and an alternative. Never a silent switch to another optimizer."""

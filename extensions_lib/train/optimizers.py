@@ -23,13 +23,22 @@ def _probe_8bit(cls, device) -> None:
         raise RuntimeError("the test step produced non-finite values")
 
 
+def _adamw(groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """torch's fused AdamW where this torch has it for the device (CPU from torch 2.4): one
+    kernel per step instead of ~10 per parameter; 19 -> 6.5 ms for a 528-tensor LoRA on 2 cores."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
 def build_optimizer(cfg: TrainConfig, groups: list[dict], device) -> torch.optim.Optimizer:
     t = cfg.training
     name = t.optimizer
     lr = t.learning_rate
     clean = [{k: v for k, v in g.items() if k != "name"} for g in groups]
     if name == "adamw":
-        return torch.optim.AdamW(clean, lr=lr, weight_decay=t.weight_decay)
+        return _adamw(clean, lr, t.weight_decay)
     if name == "adamw8bit":
         try:
             import bitsandbytes as bnb
