@@ -4,7 +4,7 @@ lycoris computes up(down(x)) at the layer's full output size, multiplies that by
 and adds it to the base output: three extra passes over every adapted layer's output forward, two
 more backward. Scaling the rank-r activation instead, and adding the up-projection inside the
 GEMM (`addmm` with the base output as its input), does the same maths without them. At 256 px on
-the SD1.5 shape that is about 0.2 s of a 3.1 s fp32 CPU step (bench/bench_train.py).
+the SD1.5 shape that took about 0.1 s off a 3.1 s fp32 CPU step (bench/bench_train.py).
 
 Dropout, when set, acts on the rank-r hidden units, as in kohya's LoRA (our `network.dropout`
 option documents it so). Everything the lean path does not cover (rank dropout, Tucker, DoRA)

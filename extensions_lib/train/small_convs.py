@@ -3,7 +3,7 @@
 Why: oneDNN's direct convolution is slow when the output has few pixels and many channels. The
 SD UNet's low-resolution levels (1280-2560 channels at 4x4 and 8x8 at 256 px; 8x8 at 512 px) ran
 at 20-90 GFLOP/s in fp32 and 40-260 in bf16 on a 2-core EPYC, against 150-370 for the same work
-done as unfold + one GEMM (numbers: bench/bench_small_convs.py). At 256 px those convolutions
+done as unfold + one GEMM (bench/bench_small_convs.py prints them). At 256 px those convolutions
 took a third of a LoRA training step.
 
 The swap is an instance attribute over `Conv2d._conv_forward`, so it composes with whatever wraps
