@@ -6,6 +6,7 @@ so peak RSS is that configuration's alone.
 
     python bench/bench_train.py                      # the full matrix (slow on 2 CPU cores: ~25 min)
     python bench/bench_train.py --one 256 no 0      # one configuration: resolution, precision, checkpointing
+    python bench/bench_train.py --one 256 bf16 0 --without attention,heap   # what those CPU fast paths are worth
 """
 from __future__ import annotations
 
@@ -116,7 +117,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--only", default="", help="comma list of RES:PRECISION:CKPT from the matrix, e.g. 256:no:0")
+    p.add_argument("--without", default="", help="comma list of CPU fast paths to leave off: small_convs,attention,heap")
     args = p.parse_args()
+    from extensions_lib.train.cpu_fast_paths import ENABLED
+    for name in filter(None, args.without.split(",")):
+        if name not in ENABLED:
+            p.error(f"--without: unknown fast path {name!r}; known: {', '.join(ENABLED)}")
+        ENABLED[name] = False
     if args.one:
         res, prec, ck = args.one
         print(json.dumps(one(int(res), prec, int(ck), args.steps, args.warmup)))
@@ -128,7 +135,7 @@ def main() -> None:
     print(f"{'res':>4} {'precision':>9} {'ckpt':>5} {'s/step':>7} {'peak RSS GiB':>12} {'cache s/img':>11}")
     for res, prec, ck in matrix:
         out = subprocess.run([sys.executable, __file__, "--one", str(res), prec, str(ck), "--steps", str(args.steps),
-                              "--warmup", str(args.warmup)], capture_output=True, text=True,
+                              "--warmup", str(args.warmup), "--without", args.without], capture_output=True, text=True,
                              env=dict(os.environ, PYTHONWARNINGS="ignore"))
         line = [x for x in out.stdout.splitlines() if x.startswith("{")]
         if not line:

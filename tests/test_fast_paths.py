@@ -1,9 +1,15 @@
 """The CPU speed paths compute what the plain layers compute, and leave nothing behind.
 
 - small convolutions as one GEMM (train/small_convs.py) against F.conv2d, values and gradients;
-- the lean LoRA bypass (methods/lora_bypass.py) against lycoris' own bypass forward.
+- the lean LoRA bypass (methods/lora_bypass.py) against lycoris' own bypass forward;
+- bf16 attention with saved probabilities (train/cpu_attention.py) against fp32 SDPA, and our
+  processor (model/attention_processor.py) against diffusers' AttnProcessor2_0;
+- the heap setting (train/cpu_heap.py): freed memory is reused while on, given back after;
+- a bf16 training run on the CPU takes those paths and leaves the model as it found it.
 """
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -141,3 +147,149 @@ def test_lean_bypass_dropout_acts_on_hidden_units_and_rank_dropout_keeps_lycoris
 
     (_, net_r, count_r), _ = _lycoris_pair("lora", rank_dropout=0.2)
     assert count_r == 0 and not any(lean_eligible(m) for m in net_r.loras)
+
+
+# -- attention ---------------------------------------------------------------------------------
+
+def _qkv(shape_q, keys, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b, h, n, d = shape_q
+    q, k, v = (torch.randn(b, h, t, d, generator=g).to(dtype).requires_grad_()
+               for t in (n, keys, keys))
+    return q, k, v, torch.randn(b, h, n, d, generator=g).to(dtype)
+
+
+@pytest.mark.parametrize("shape_q,keys", [((2, 3, 40, 8), 40), ((1, 4, 33, 16), 7), ((1, 2, 5, 24), 77)])
+def test_saved_probs_attention_matches_sdpa(shape_q, keys):
+    from extensions_lib.train import cpu_attention
+
+    q, k, v, grad = _qkv(shape_q, keys, torch.bfloat16)
+    assert cpu_attention.uses_saved_probs(q, k, v)
+    calls = []
+    real = cpu_attention._SavedProbsAttention.apply
+    cpu_attention._SavedProbsAttention.apply = lambda *a: calls.append(1) or real(*a)
+    try:
+        out = cpu_attention.attention(q, k, v)
+    finally:
+        cpu_attention._SavedProbsAttention.apply = real
+    assert calls and out.dtype == torch.bfloat16 and out.shape == q.shape
+    ours = (out, *torch.autograd.grad(out, (q, k, v), grad))
+    # the attention math every trainer used before SDPA, in bf16 (scores and probabilities in bf16)
+    classic = ((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(-1) @ v
+    classic = (classic, *torch.autograd.grad(classic, (q, k, v), grad))
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref32 = F.scaled_dot_product_attention(q32, k32, v32)
+    ref = (ref32, *torch.autograd.grad(ref32, (q32, k32, v32), grad.float()))
+    for name, a, c, r in zip(("out", "dq", "dk", "dv"), ours, classic, ref):
+        torch.testing.assert_close(a, c, rtol=1e-2, atol=1e-2 * float(c.abs().max()), msg=name)
+        assert float((a.float() - r).abs().max() / r.abs().max()) < 0.025, name   # fp32 within bf16 error
+
+
+def test_attention_falls_back_to_sdpa_where_saved_probs_do_not_pay(monkeypatch):
+    from extensions_lib.train import cpu_attention
+
+    q, k, v, _ = _qkv((1, 2, 6, 8), 6, torch.float32)
+    assert not cpu_attention.uses_saved_probs(q, k, v)                                  # fp32
+    torch.testing.assert_close(cpu_attention.attention(q, k, v), F.scaled_dot_product_attention(q, k, v),
+                               rtol=0, atol=0)
+    qb, kb, vb, _ = _qkv((1, 2, 6, 8), 6, torch.bfloat16)
+    assert not cpu_attention.uses_saved_probs(qb, kb, vb, attn_mask=torch.zeros(6, 6, dtype=torch.bfloat16))
+    assert not cpu_attention.uses_saved_probs(qb, kb, vb, dropout_p=0.1)
+    with torch.no_grad():                                                               # previews
+        assert not cpu_attention.uses_saved_probs(qb, kb, vb)
+    # the size limit: larger while freed memory stays in the heap (fresh mmaps make big scores slow)
+    from extensions_lib.train.cpu_heap import keep_freed_memory
+
+    assert cpu_attention.uses_saved_probs(qb, kb, vb)
+    monkeypatch.setattr(cpu_attention, "MAX_SCORES_UNKEPT", 1 * 2 * 6 * 6 - 1)
+    assert not cpu_attention.uses_saved_probs(qb, kb, vb)
+    with keep_freed_memory() as kept:
+        assert cpu_attention.uses_saved_probs(qb, kb, vb) == kept
+        monkeypatch.setattr(cpu_attention, "MAX_SCORES", 1 * 2 * 6 * 6 - 1)
+        assert not cpu_attention.uses_saved_probs(qb, kb, vb)
+
+
+def test_own_processor_matches_diffusers_and_is_undone():
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from extensions_lib.model.attention_processor import SdpaAttnProcessor, use_own_attention
+    from helpers import tiny_bundle
+
+    unet = tiny_bundle().unet
+    attns = [m for m in unet.modules() if isinstance(m, Attention)]
+    foreign = object.__new__(type("UserProcessor", (AttnProcessor2_0,), {}))   # a subclass: not ours to swap
+    attns[0].set_processor(foreign)
+    x, t = torch.randn(2, 4, 8, 8, requires_grad=True), torch.tensor([10, 500])
+    ctx = torch.randn(2, 77, unet.config.cross_attention_dim)
+    ref = unet(x, t, ctx).sample
+    ref_grads = torch.autograd.grad(ref.pow(2).mean(), x)
+    undo = use_own_attention(unet)
+    assert all(type(m.processor) is SdpaAttnProcessor for m in attns[1:]) and attns[0].processor is foreign
+    out = unet(x, t, ctx).sample
+    grads = torch.autograd.grad(out.pow(2).mean(), x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads, ref_grads, rtol=1e-5, atol=1e-7)
+    assert undo() == len(attns) - 1
+    assert all(type(m.processor) is AttnProcessor2_0 for m in attns[1:]) and attns[0].processor is foreign
+
+
+# -- heap --------------------------------------------------------------------------------------
+
+def _faults_per_reuse(rounds: int = 6, mib: int = 48) -> float:
+    """Minor page faults per allocate-touch-free round of a block above glibc's mmap ceiling."""
+    import resource
+
+    torch.empty(mib * 2**18).fill_(1.0)   # warm up
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds):
+        torch.empty(mib * 2**18).fill_(1.0)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / rounds
+
+
+def test_heap_keeps_freed_memory_only_while_training():
+    import platform
+
+    from extensions_lib.train.cpu_heap import keep_freed_memory
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        with keep_freed_memory() as on:
+            assert not on   # nothing to tune elsewhere: a no-op, not an error
+        return
+    pages = 48 * 2**20 / 4096
+    assert _faults_per_reuse() > pages / 2            # glibc default: a fresh mmap every time
+    with keep_freed_memory() as on:
+        assert on
+        with keep_freed_memory():                     # re-entrant: the inner exit restores nothing
+            pass
+        _faults_per_reuse()                           # the heap grows once
+        assert _faults_per_reuse() < pages / 20       # then it is reused
+    assert _faults_per_reuse() > pages / 20           # given back to the system again
+
+
+# -- a bf16 run on the CPU ---------------------------------------------------------------------
+
+def test_bf16_cpu_training_takes_fast_paths_and_restores_the_model(tmp_path, monkeypatch):
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from extensions_lib.hosts.standalone import StandaloneHost
+    from extensions_lib.train import cpu_attention
+    from extensions_lib.train.session import run_training
+    from helpers import make_images, quick_config, tiny_bundle
+
+    make_images(tmp_path / "data" / "10_sks")
+    bundle = tiny_bundle()
+    before = {k: v.clone() for k, v in bundle.unet.state_dict().items()}
+    calls = []
+    real = cpu_attention._SavedProbsAttention.apply
+    monkeypatch.setattr(cpu_attention._SavedProbsAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    cfg = quick_config(tmp_path / "data", tmp_path / "out", "lora", training__mixed_precision="bf16",
+                       training__max_train_epochs=3)
+    result = run_training(cfg, StandaloneHost(bundle))
+    assert calls, "bf16 on the CPU should use the saved-probabilities attention"
+    assert result.output_path.exists() and all(map(math.isfinite, result.losses))
+    attns = [m for m in bundle.unet.modules() if isinstance(m, Attention)]
+    assert attns and all(type(m.processor) is AttnProcessor2_0 for m in attns)
+    assert not [m for m in bundle.unet.modules() if "_conv_forward" in vars(m)]
+    after = bundle.unet.state_dict()   # the standalone host keeps frozen weights in the training precision
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k].to(after[k].dtype), after[k]) for k in before)

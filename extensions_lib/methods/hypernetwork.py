@@ -13,14 +13,13 @@ with legacy serialization so the WebUI's safe unpickler and torch.load(weights_o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, ConfigProblem, TrainConfig
 from ..export.atomic import save_torch_legacy
+from ..model.attention_processor import SdpaAttnProcessor
 from ..model.bundle import ModelBundle
 from .base import Method, SaveInfo
 from .hypernetwork_mlp import HypernetworkMLP, dropout_rates, init_weights
@@ -36,7 +35,7 @@ class _Strength:
         self.value = value
 
 
-class HypernetworkAttnProcessor:
+class HypernetworkAttnProcessor(SdpaAttnProcessor):
     """Scaled-dot-product attention (as diffusers' AttnProcessor2_0) with the hypernetwork on the
     K and V inputs."""
 
@@ -49,58 +48,6 @@ class HypernetworkAttnProcessor:
             return context, context
         c = context.float()   # the WebUI runs hypernetworks in fp32 and casts back
         return self.mlp_k(c, m).to(context.dtype), self.mlp_v(c, m).to(context.dtype)
-
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
-                 attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
-                 *args, **kwargs) -> torch.Tensor:
-        residual = hidden_states
-        if getattr(attn, "spatial_norm", None) is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        batch, seq_len, _ = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
-            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        if getattr(attn, "group_norm", None) is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            context = hidden_states
-        else:
-            context = encoder_hidden_states
-            if getattr(attn, "norm_cross", None):
-                context = attn.norm_encoder_hidden_states(context)
-        context_k, context_v = self.contexts(context)
-        key = attn.to_k(context_k)
-        value = attn.to_v(context_v)
-
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        if getattr(attn, "norm_q", None) is not None:
-            query = attn.norm_q(query)
-        if getattr(attn, "norm_k", None) is not None:
-            key = attn.norm_k(key)
-        # SDPA scales by 1/sqrt(head_dim); a module with another scale gets it folded into q
-        # (SDPA's scale= argument is newer than torch 2.0)
-        scale = getattr(attn, "scale", head_dim ** -0.5)
-        if abs(scale - head_dim ** -0.5) > 1e-12:
-            query = query * (scale * head_dim ** 0.5)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
-                                             is_causal=False)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-        out = attn.to_out[0](out)
-        out = attn.to_out[1](out)
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if getattr(attn, "residual_connection", False):
-            out = out + residual
-        return out / getattr(attn, "rescale_output_factor", 1.0)
 
 
 def attention_modules(unet) -> list[tuple[str, nn.Module]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,7 +21,7 @@ from .events import Callbacks, Commands, StepInfo, TrainResult
 from .objective import denoising_loss, sample_noise, sample_timesteps, target_for
 from .optimizers import build_optimizer, build_scheduler, warmup_steps
 from .preview import sample_images
-from .small_convs import switch_small_convs
+from .cpu_fast_paths import cpu_fast_paths
 from .text import TextConditioner
 
 
@@ -181,7 +182,8 @@ class Trainer:
         step, losses, stopped = 0, [], False
         recent: list[float] = []
         t0 = time.time()
-        restore_convs = switch_small_convs(bundle.unet, self.device)
+        fast_paths = ExitStack()
+        fast_paths.enter_context(cpu_fast_paths(bundle.unet, self.device))
         try:
             for epoch in range(1, epochs + 1):
                 batches = self.dataset.epoch_batches(epoch - 1, num_shards=self.dist.num_processes,
@@ -249,7 +251,7 @@ class Trainer:
             final = self._save(step=step, epoch=epoch, final=True, label={})
         finally:
             method.train_mode(False)
-            restore_convs()
+            fast_paths.close()
             self._set_checkpointing(checkpointing, restore=True)
         result = TrainResult(output_path=final, steps=step, epochs=epoch, stopped=stopped, saved=list(self.saved),
                              losses=losses, prompt_usage=method.prompt_usage(cfg.output_name),

@@ -1,0 +1,33 @@
+"""The CPU-only speed-ups a training run switches on for its duration, and off again after.
+
+Each one is its own file with the measurements behind it: small_convs.py (small convolutions as one
+GEMM), cpu_attention.py (bf16 attention with saved probabilities), cpu_heap.py (freed memory kept in
+the heap). `ENABLED` lets bench/bench_train.py --without measure what each one is worth.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Iterator
+
+import torch
+
+from ..model.attention_processor import use_own_attention
+from .cpu_heap import keep_freed_memory
+from .small_convs import switch_small_convs
+
+ENABLED = {"small_convs": True, "attention": True, "heap": True}
+
+
+@contextmanager
+def cpu_fast_paths(unet: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    if device.type != "cpu":
+        yield
+        return
+    with ExitStack() as undo:
+        if ENABLED["heap"]:
+            undo.enter_context(keep_freed_memory())
+        if ENABLED["small_convs"]:
+            undo.callback(switch_small_convs(unet, device))
+        if ENABLED["attention"]:
+            undo.callback(use_own_attention(unet))
+        yield
