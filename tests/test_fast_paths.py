@@ -207,6 +207,9 @@ def test_attention_falls_back_to_sdpa_where_saved_probs_do_not_pay(monkeypatch):
         assert cpu_attention.uses_saved_probs(qb, kb, vb) == kept
         monkeypatch.setattr(cpu_attention, "MAX_SCORES", 1 * 2 * 6 * 6 - 1)
         assert not cpu_attention.uses_saved_probs(qb, kb, vb)
+        with cpu_attention.scores_limit(1 * 2 * 6 * 6):   # what a checkpointed run allows
+            assert cpu_attention.uses_saved_probs(qb, kb, vb) == kept
+        assert not cpu_attention.uses_saved_probs(qb, kb, vb)
 
 
 def test_own_processor_matches_diffusers_and_is_undone():
@@ -268,7 +271,8 @@ def test_heap_keeps_freed_memory_only_while_training():
 
 # -- a bf16 run on the CPU ---------------------------------------------------------------------
 
-def test_bf16_cpu_training_takes_fast_paths_and_restores_the_model(tmp_path, monkeypatch):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_bf16_cpu_training_takes_fast_paths_and_restores_the_model(tmp_path, monkeypatch, checkpointing):
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
     from extensions_lib.hosts.standalone import StandaloneHost
@@ -281,11 +285,15 @@ def test_bf16_cpu_training_takes_fast_paths_and_restores_the_model(tmp_path, mon
     before = {k: v.clone() for k, v in bundle.unet.state_dict().items()}
     calls = []
     real = cpu_attention._SavedProbsAttention.apply
-    monkeypatch.setattr(cpu_attention._SavedProbsAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(cpu_attention._SavedProbsAttention, "apply",
+                        lambda *a: calls.append(cpu_attention._limit) or real(*a))
     cfg = quick_config(tmp_path / "data", tmp_path / "out", "lora", training__mixed_precision="bf16",
-                       training__max_train_epochs=3)
+                       training__max_train_epochs=3, training__gradient_checkpointing=checkpointing)
     result = run_training(cfg, StandaloneHost(bundle))
     assert calls, "bf16 on the CPU should use the saved-probabilities attention"
+    # checkpointing keeps one block's probabilities at a time, so the run allows larger ones
+    assert set(calls) == {cpu_attention.MAX_SCORES_CHECKPOINTED if checkpointing else None}
+    assert cpu_attention._limit is None
     assert result.output_path.exists() and all(map(math.isfinite, result.losses))
     attns = [m for m in bundle.unet.modules() if isinstance(m, Attention)]
     assert attns and all(type(m.processor) is AttnProcessor2_0 for m in attns)

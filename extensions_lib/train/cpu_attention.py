@@ -11,26 +11,43 @@ bench/bench_cpu_attention.py prints them.
 
 Those gains need freed memory to stay in the heap (train/cpu_heap.py): with glibc's default every
 large score matrix is a fresh mmap, and the big shapes get 20% slower than SDPA instead. So the
-limit on scores per call is MAX_SCORES (256 MiB of bf16: one 512 px image's 4096-token
-self-attention) while the heap is kept, and MAX_SCORES_UNKEPT otherwise.
+limit on scores per call is MAX_SCORES while the heap is kept, and MAX_SCORES_UNKEPT otherwise.
 
 The price is memory: the probabilities (batch x heads x queries x keys, bf16) are kept until
-backward. The precision is that of the attention every trainer used before SDPA, in bf16 (scores
+backward. MAX_SCORES (64 MiB of bf16 per call) covers every attention of a 256 px step and all
+but the 4096-token self-attention of a 512 px one. Taking those too (256 MiB each) made the
+512 px bf16 step ~0.3 s faster but raised its peak RSS from 4.2 to 6.8 GiB, above sd-scripts' 6.3.
+With gradient checkpointing only one block's probabilities live at a time, so the trainer raises
+the limit to MAX_SCORES_CHECKPOINTED (`scores_limit`): 10.2 -> 8.9 s at 512 px, peak RSS unchanged. The precision is that of the attention every trainer used before SDPA, in bf16 (scores
 and probabilities rounded to bf16; within 2.5% of fp32 at SD shapes, where flash is within 0.7%).
 It is only taken where it pays off: CPU, bf16, gradients on, no mask, no dropout. Everything else
 goes to F.scaled_dot_product_attention unchanged.
 """
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 
 from .cpu_heap import heap_kept
 
-MAX_SCORES = 2**27
+MAX_SCORES = 2**25
+MAX_SCORES_CHECKPOINTED = 2**27
 MAX_SCORES_UNKEPT = 2**22
+_limit: Optional[int] = None   # set by scores_limit() for a run
+
+
+@contextmanager
+def scores_limit(limit: int) -> Iterator[None]:
+    """Use `limit` instead of MAX_SCORES (while the heap is kept) until the block exits."""
+    global _limit
+    saved, _limit = _limit, limit
+    try:
+        yield
+    finally:
+        _limit = saved
 
 
 class _SavedProbsAttention(torch.autograd.Function):
@@ -68,7 +85,7 @@ def uses_saved_probs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mas
     b, h, n, _ = q.shape
     return (q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.bfloat16 and attn_mask is None
             and not dropout_p and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-            and b * h * n * k.shape[2] <= (MAX_SCORES if heap_kept() else MAX_SCORES_UNKEPT))
+            and b * h * n * k.shape[2] <= ((_limit or MAX_SCORES) if heap_kept() else MAX_SCORES_UNKEPT))
 
 
 def saved_probs_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Iterator
 import torch
 
 from ..model.attention_processor import use_own_attention
+from .cpu_attention import MAX_SCORES_CHECKPOINTED, scores_limit
 from .cpu_heap import keep_freed_memory
 from .small_convs import switch_small_convs
 
@@ -19,7 +20,7 @@ ENABLED = {"small_convs": True, "attention": True, "heap": True}
 
 
 @contextmanager
-def cpu_fast_paths(unet: torch.nn.Module, device: torch.device) -> Iterator[None]:
+def cpu_fast_paths(unet: torch.nn.Module, device: torch.device, checkpointing: bool = False) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
@@ -30,4 +31,6 @@ def cpu_fast_paths(unet: torch.nn.Module, device: torch.device) -> Iterator[None
             undo.callback(switch_small_convs(unet, device))
         if ENABLED["attention"]:
             undo.callback(use_own_attention(unet))
+            if checkpointing:   # one block's attention probabilities live at a time
+                undo.enter_context(scores_limit(MAX_SCORES_CHECKPOINTED))
         yield
