@@ -160,18 +160,15 @@ def _qkv(shape_q, keys, dtype, seed=0):
 
 
 @pytest.mark.parametrize("shape_q,keys", [((2, 3, 40, 8), 40), ((1, 4, 33, 16), 7), ((1, 2, 5, 24), 77)])
-def test_saved_probs_attention_matches_sdpa(shape_q, keys):
+def test_saved_probs_attention_matches_sdpa(shape_q, keys, monkeypatch):
     from extensions_lib.train import cpu_attention
 
     q, k, v, grad = _qkv(shape_q, keys, torch.bfloat16)
     assert cpu_attention.uses_saved_probs(q, k, v)
     calls = []
     real = cpu_attention._SavedProbsAttention.apply
-    cpu_attention._SavedProbsAttention.apply = lambda *a: calls.append(1) or real(*a)
-    try:
-        out = cpu_attention.attention(q, k, v)
-    finally:
-        cpu_attention._SavedProbsAttention.apply = real
+    monkeypatch.setattr(cpu_attention._SavedProbsAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    out = cpu_attention.attention(q, k, v)
     assert calls and out.dtype == torch.bfloat16 and out.shape == q.shape
     ours = (out, *torch.autograd.grad(out, (q, k, v), grad))
     # the attention math every trainer used before SDPA, in bf16 (scores and probabilities in bf16)

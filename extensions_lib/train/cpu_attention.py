@@ -18,8 +18,10 @@ backward. MAX_SCORES (64 MiB of bf16 per call) covers every attention of a 256 p
 but the 4096-token self-attention of a 512 px one. Taking those too (256 MiB each) made the
 512 px bf16 step ~0.3 s faster but raised its peak RSS from 4.2 to 6.8 GiB, above sd-scripts' 6.3.
 With gradient checkpointing only one block's probabilities live at a time, so the trainer raises
-the limit to MAX_SCORES_CHECKPOINTED (`scores_limit`): 10.2 -> 8.9 s at 512 px, peak RSS unchanged. The precision is that of the attention every trainer used before SDPA, in bf16 (scores
-and probabilities rounded to bf16; within 2.5% of fp32 at SD shapes, where flash is within 0.7%).
+the limit to MAX_SCORES_CHECKPOINTED (`scores_limit`): 10.2 -> 8.9 s at 512 px, peak RSS unchanged.
+
+The precision is that of the attention every trainer used before SDPA, in bf16 (scores and
+probabilities rounded to bf16; within 2.5% of fp32 at SD shapes, where flash is within 0.7%).
 It is only taken where it pays off: CPU, bf16, gradients on, no mask, no dropout. Everything else
 goes to F.scaled_dot_product_attention unchanged.
 """

@@ -19,14 +19,18 @@ from .small_convs import switch_small_convs
 ENABLED = {"small_convs": True, "attention": True, "heap": True}
 
 
+def keep_freed_memory_on(device: torch.device):
+    """The heap setting alone, for CPU work outside the training loop (latent caching)."""
+    return keep_freed_memory(device.type == "cpu" and ENABLED["heap"])
+
+
 @contextmanager
 def cpu_fast_paths(unet: torch.nn.Module, device: torch.device, checkpointing: bool = False) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
     with ExitStack() as undo:
-        if ENABLED["heap"]:
-            undo.enter_context(keep_freed_memory())
+        undo.enter_context(keep_freed_memory_on(device))
         if ENABLED["small_convs"]:
             undo.callback(switch_small_convs(unet, device))
         if ENABLED["attention"]:

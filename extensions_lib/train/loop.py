@@ -17,11 +17,11 @@ import torch
 
 from ..config import ConfigError, ConfigProblem, TrainConfig
 from ..methods.base import Method, SaveInfo
+from .cpu_fast_paths import cpu_fast_paths
 from .events import Callbacks, Commands, StepInfo, TrainResult
 from .objective import denoising_loss, sample_noise, sample_timesteps, target_for
 from .optimizers import build_optimizer, build_scheduler, warmup_steps
 from .preview import sample_images
-from .cpu_fast_paths import cpu_fast_paths
 from .text import TextConditioner
 
 

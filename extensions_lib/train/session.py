@@ -18,8 +18,7 @@ from ..export.sidecar import write_lora_sidecar, write_preview_png
 from ..hosts.base import Host
 from ..methods.base import make_method
 from ..model.bundle import SD2
-from .cpu_fast_paths import ENABLED as CPU_FAST_PATHS
-from .cpu_heap import keep_freed_memory
+from .cpu_fast_paths import keep_freed_memory_on
 from .events import Callbacks, Commands, TrainResult
 from .loop import Dist, Trainer, autocast_dtype
 
@@ -76,7 +75,7 @@ def cache_latents(dataset: TrainDataset, bundle, cfg: TrainConfig, callbacks: Ca
     callbacks.on_status("Caching latents…")
     # the disk cache must never hand latents of another model/VAE to this one
     key = f"{bundle.model_name}|{bundle.model_sha256 or bundle.model_hash}|{bundle.vae_name}"
-    with keep_freed_memory(device.type == "cpu" and CPU_FAST_PATHS["heap"]):  # the VAE's big activations: see cpu_heap.py
+    with keep_freed_memory_on(device):  # the VAE's big activations: see cpu_heap.py
         dataset.cache_latents(encode, batch_size=max(1, cfg.training.train_batch_size), disk_dir=disk,
                               cache_key=key)
 
