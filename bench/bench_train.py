@@ -7,6 +7,11 @@ so peak RSS is that configuration's alone.
     python bench/bench_train.py                      # the full matrix (slow on 2 CPU cores: ~25 min)
     python bench/bench_train.py --one 256 no 0      # one configuration: resolution, precision, checkpointing
     python bench/bench_train.py --one 256 bf16 0 --without attention,heap   # what those CPU fast paths are worth
+    python bench/bench_train.py --one 256 bf16 0 --alternate "/attention/heap" --rounds 4
+
+--alternate runs the listed --without sets in turn inside one process (here: all paths on, attention
+off, heap off), round after round, and prints each one's median and best step. On a shared VM whose
+speed drifts 10-15% between runs, that is the way to see a few-percent difference.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +37,8 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def one(res: int, precision: str, checkpointing: int, steps: int, warmup: int) -> dict:
+def prepare(res: int, precision: str, checkpointing: int, total_steps: int) -> dict:
+    """The model, LoRA, dataset (latents cached) and config of one benchmark configuration."""
     import numpy as np
     import torch
     from PIL import Image
@@ -40,7 +47,6 @@ def one(res: int, precision: str, checkpointing: int, steps: int, warmup: int) -
     from extensions_lib.methods.base import make_method
     from extensions_lib.model.tiny import SD15, build_tiny_bundle
     from extensions_lib.train.events import Callbacks
-    from extensions_lib.train.loop import Trainer
     from extensions_lib.train.session import build_dataset, cache_latents, scan
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -65,10 +71,11 @@ def one(res: int, precision: str, checkpointing: int, steps: int, warmup: int) -
     cfg.training.optimizer = "adamw"
     cfg.training.mixed_precision = precision
     cfg.training.gradient_checkpointing = bool(checkpointing)
-    cfg.training.max_train_steps = warmup + steps
+    cfg.training.max_train_steps = total_steps
     cfg.training.lr_scheduler = "constant"
     cfg.output.output_dir = str(tmp / "out")
     cfg.output.name = "bench"
+    cfg.output.overwrite = True
 
     if os.environ.get("BENCH_CHANNELS_LAST"):
         bundle.unet.to(memory_format=torch.channels_last)
@@ -84,6 +91,14 @@ def one(res: int, precision: str, checkpointing: int, steps: int, warmup: int) -
     t0 = time.time()
     cache_latents(dataset, bundle, cfg, Callbacks())
     cache_s = (time.time() - t0) / 8
+    return {"cfg": cfg, "bundle": bundle, "method": method, "dataset": dataset, "tmp": tmp, "build_s": build_s,
+            "cache_s": cache_s}
+
+
+def train_steps(run: dict) -> tuple[list[float], object]:
+    """One Trainer run over the prepared configuration: every step's seconds, and its result."""
+    from extensions_lib.train.events import Callbacks
+    from extensions_lib.train.loop import Trainer
 
     times = []
 
@@ -98,17 +113,43 @@ def one(res: int, precision: str, checkpointing: int, steps: int, warmup: int) -
             times.append(now - Clock.last)
             Clock.last = now
 
-    trainable = sum(p.numel() for p in method.trainable_parameters())
-    result = Trainer(cfg, bundle, method, dataset, output_dir=tmp / "out", callbacks=Clock()).run()
-    method.detach()
+    result = Trainer(run["cfg"], run["bundle"], run["method"], run["dataset"], output_dir=run["tmp"] / "out",
+                     callbacks=Clock()).run()
+    return times, result
+
+
+def one(res: int, precision: str, checkpointing: int, steps: int, warmup: int) -> dict:
+    run = prepare(res, precision, checkpointing, warmup + steps)
+    trainable = sum(p.numel() for p in run["method"].trainable_parameters())
+    times, result = train_steps(run)
+    run["method"].detach()
     steady = times[warmup:]
     return {
         "resolution": res, "precision": precision, "grad_checkpointing": bool(checkpointing),
-        "s_per_step": sum(steady) / len(steady), "median_s_per_step": sorted(steady)[len(steady) // 2],
+        "s_per_step": sum(steady) / len(steady), "median_s_per_step": statistics.median(steady),
         "step_times": [round(x, 3) for x in times], "first_step_s": times[0], "peak_rss_gib": peak_rss_gib(),
-        "build_s": build_s, "latent_cache_s_per_image": cache_s, "steps": result.steps,
+        "build_s": run["build_s"], "latent_cache_s_per_image": run["cache_s"], "steps": result.steps,
         "trainable_params": trainable,
     }
+
+
+def alternate(res: int, precision: str, checkpointing: int, variants: list[str], steps: int, rounds: int) -> None:
+    """Each --without set in turn, `rounds` times, in one process; the first step of each turn is dropped."""
+    from extensions_lib.train.cpu_fast_paths import ENABLED
+
+    run = prepare(res, precision, checkpointing, steps + 1)
+    seen = {v: [] for v in variants}
+    for _ in range(rounds):
+        for v in variants:
+            off = set(filter(None, v.split(",")))
+            for name in ENABLED:
+                ENABLED[name] = name not in off
+            times, _ = train_steps(run)
+            seen[v] += times[1:]
+    run["method"].detach()
+    for v, times in seen.items():
+        print(f"without {v or '(none)':<28} median {statistics.median(times):.3f} s  best {min(times):.3f} s  "
+              f"steps {len(times)}", flush=True)
 
 
 def main() -> None:
@@ -118,12 +159,22 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--only", default="", help="comma list of RES:PRECISION:CKPT from the matrix, e.g. 256:no:0")
     p.add_argument("--without", default="", help="comma list of CPU fast paths to leave off: small_convs,attention,heap")
+    p.add_argument("--alternate", default="", help="with --one: '/'-separated --without sets to alternate in one process")
+    p.add_argument("--rounds", type=int, default=4, help="with --alternate: how many times each set runs")
     args = p.parse_args()
     from extensions_lib.train.cpu_fast_paths import ENABLED
-    for name in filter(None, args.without.split(",")):
+    variants = args.alternate.split("/") if args.alternate else [args.without]
+    for name in {n for v in variants for n in v.split(",") if n}:
         if name not in ENABLED:
-            p.error(f"--without: unknown fast path {name!r}; known: {', '.join(ENABLED)}")
+            p.error(f"unknown fast path {name!r}; known: {', '.join(ENABLED)}")
+    for name in filter(None, args.without.split(",")):
         ENABLED[name] = False
+    if args.alternate:
+        if not args.one:
+            p.error("--alternate needs --one RES PRECISION CHECKPOINTING")
+        res, prec, ck = args.one
+        alternate(int(res), prec, int(ck), variants, args.steps, args.rounds)
+        return
     if args.one:
         res, prec, ck = args.one
         print(json.dumps(one(int(res), prec, int(ck), args.steps, args.warmup)))

@@ -19,7 +19,8 @@ from extensions_lib.train.small_convs import conv_as_matmul, prefers_matmul, swi
 
 
 @pytest.mark.parametrize("batch,channels,size,kernel,stride,bias", [
-    (1, 8, 4, 3, 1, True), (3, 8, 5, 3, 2, True), (2, 6, 8, 1, 1, False), (1, 4, 7, 3, 2, False)])
+    (1, 8, 4, 3, 1, True), (3, 8, 5, 3, 2, True), (2, 6, 8, 1, 1, False), (1, 4, 7, 3, 2, False),
+    (1, 6, 8, 1, 1, True), (3, 5, 4, 1, 1, True)])
 def test_conv_as_matmul_matches_conv2d(batch, channels, size, kernel, stride, bias):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, channels, size, size, generator=g, requires_grad=True)
@@ -53,6 +54,16 @@ def test_gemm_form_only_for_small_outputs():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not prefers_matmul(torch.zeros(1, 1280, 16, 16), w, (1, 1), (1, 1))  # oneDNN wins in bf16
     assert not prefers_matmul(torch.zeros(1, 320, 32, 32), torch.zeros(320, 320, 3, 3), (1, 1), (1, 1))
+
+
+def test_gemm_form_for_bf16_pointwise_convs_at_batch_one():
+    w = torch.zeros(16, 320, 1, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert prefers_matmul(torch.zeros(1, 320, 64, 64), w, (1, 1), (0, 0))
+        assert not prefers_matmul(torch.zeros(2, 320, 64, 64), w, (1, 1), (0, 0))     # oneDNN ties or wins
+        assert not prefers_matmul(torch.zeros(1, 320, 64, 64), w, (2, 2), (0, 0))     # strided: not a plain GEMM
+    assert prefers_matmul(torch.zeros(1, 320, 64, 64, dtype=torch.bfloat16), w.bfloat16(), (1, 1), (0, 0))
+    assert not prefers_matmul(torch.zeros(1, 320, 64, 64), w, (1, 1), (0, 0))         # fp32: oneDNN
 
 
 def test_switch_small_convs_gives_same_outputs_and_undoes():
@@ -273,15 +284,18 @@ def test_bf16_cpu_training_takes_fast_paths_and_restores_the_model(tmp_path, mon
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
     from extensions_lib.hosts.standalone import StandaloneHost
-    from extensions_lib.train import cpu_attention
+    from extensions_lib.train import cpu_attention, small_convs
     from extensions_lib.train.session import run_training
     from helpers import make_images, quick_config, tiny_bundle
 
     make_images(tmp_path / "data" / "10_sks")
     bundle = tiny_bundle()
     before = {k: v.clone() for k, v in bundle.unet.state_dict().items()}
-    calls = []
+    calls, pointwise = [], []
     real = cpu_attention._SavedProbsAttention.apply
+    real_gemm = small_convs.conv_as_matmul
+    monkeypatch.setattr(small_convs, "conv_as_matmul",
+                        lambda x, w, *a: pointwise.append(tuple(w.shape)) or real_gemm(x, w, *a))
     monkeypatch.setattr(cpu_attention._SavedProbsAttention, "apply",
                         lambda *a: calls.append(cpu_attention._limit) or real(*a))
     cfg = quick_config(tmp_path / "data", tmp_path / "out", "lora", training__mixed_precision="bf16",
@@ -291,6 +305,9 @@ def test_bf16_cpu_training_takes_fast_paths_and_restores_the_model(tmp_path, mon
     # checkpointing keeps one block's probabilities at a time, so the run allows larger ones
     assert set(calls) == {cpu_attention.MAX_SCORES_CHECKPOINTED if checkpointing else None}
     assert cpu_attention._limit is None
+    # the LoRA's rank-4 down/up convs on proj_in/proj_out ran as GEMMs too (batch 1, bf16)
+    rank = cfg.network.dim
+    assert {s for s in pointwise if s[2:] == (1, 1) and rank in s[:2]} >= {(rank, 32, 1, 1), (32, rank, 1, 1)}
     assert result.output_path.exists() and all(map(math.isfinite, result.losses))
     attns = [m for m in bundle.unet.modules() if isinstance(m, Attention)]
     assert attns and all(type(m.processor) is AttnProcessor2_0 for m in attns)

@@ -61,6 +61,10 @@ class Method(ABC):
     def train_mode(self, training: bool) -> None:
         """Switch dropout etc. of the method's own modules."""
 
+    def adapter_modules(self) -> list[torch.nn.Module]:
+        """The method's own modules that run inside the model's forward (for the CPU fast paths)."""
+        return []
+
     def set_enabled(self, enabled: bool) -> None:
         """Turn the method's effect off/on without detaching (base vs trained comparisons)."""
 

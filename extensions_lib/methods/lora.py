@@ -116,6 +116,9 @@ class LoraMethod(Method):
         use_lean_bypass(net.loras)
         self.network = net
 
+    def adapter_modules(self) -> list[torch.nn.Module]:
+        return [self.network] if self.network is not None else []
+
     def detach(self) -> None:
         if self.network is None:
             return

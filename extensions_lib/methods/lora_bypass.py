@@ -28,7 +28,8 @@ def lean_eligible(lora) -> bool:
 def _hidden(lora, x: torch.Tensor, scale: float) -> torch.Tensor:
     down = lora.lora_down
     if lora.isconv:
-        h = F.conv2d(x, down.weight.to(x.dtype), None, down.stride, down.padding, down.dilation)
+        # the module's own conv method, so the CPU fast path for small and 1x1 convs applies while training
+        h = down._conv_forward(x, down.weight.to(x.dtype), None)
     else:
         h = F.linear(x, down.weight.to(x.dtype))
     if isinstance(lora.dropout, torch.nn.Dropout):
@@ -42,7 +43,7 @@ def lean_bypass_forward(lora, x: torch.Tensor, scale: float = 1.0) -> torch.Tens
     h = _hidden(lora, x, scale)
     up = lora.lora_up.weight.to(h.dtype)
     if lora.isconv:
-        return base + F.conv2d(h, up)
+        return base + lora.lora_up._conv_forward(h, up, None)
     out = torch.addmm(base.reshape(-1, base.shape[-1]), h.reshape(-1, h.shape[-1]), up.t())
     return out.view(base.shape)
 

@@ -7,7 +7,7 @@ the heap). `ENABLED` lets bench/bench_train.py --without measure what each one i
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 
@@ -25,14 +25,18 @@ def keep_freed_memory_on(device: torch.device):
 
 
 @contextmanager
-def cpu_fast_paths(unet: torch.nn.Module, device: torch.device, checkpointing: bool = False) -> Iterator[None]:
+def cpu_fast_paths(unet: torch.nn.Module, device: torch.device, checkpointing: bool = False,
+                   adapters: Iterable[torch.nn.Module] = ()) -> Iterator[None]:
+    """`adapters`: the method's own modules that run inside the UNet (LoRA's convs get the small-conv
+    path too)."""
     if device.type != "cpu":
         yield
         return
     with ExitStack() as undo:
         undo.enter_context(keep_freed_memory_on(device))
         if ENABLED["small_convs"]:
-            undo.callback(switch_small_convs(unet, device))
+            for module in (unet, *adapters):
+                undo.callback(switch_small_convs(module, device))
         if ENABLED["attention"]:
             undo.callback(use_own_attention(unet))
             if checkpointing:   # one block's attention probabilities live at a time

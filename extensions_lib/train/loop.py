@@ -183,7 +183,8 @@ class Trainer:
         recent: list[float] = []
         t0 = time.time()
         fast_paths = ExitStack()
-        fast_paths.enter_context(cpu_fast_paths(bundle.unet, self.device, bool(t.gradient_checkpointing)))
+        fast_paths.enter_context(cpu_fast_paths(bundle.unet, self.device, bool(t.gradient_checkpointing),
+                                                adapters=method.adapter_modules()))
         try:
             for epoch in range(1, epochs + 1):
                 batches = self.dataset.epoch_batches(epoch - 1, num_shards=self.dist.num_processes,

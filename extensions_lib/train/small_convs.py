@@ -6,6 +6,11 @@ at 20-90 GFLOP/s in fp32 and 40-260 in bf16 on a 2-core EPYC, against 150-370 fo
 done as unfold + one GEMM (bench/bench_small_convs.py prints them). At 256 px those convolutions
 took a third of a LoRA training step.
 
+1x1 convolutions (the transformer blocks' proj_in/proj_out, and LoRA's rank-r down/up convs on them)
+are a plain GEMM over the pixels, with no unfold. In bf16 at batch 1 that beat oneDNN 1.1-1.35x for
+the base layers and 1.3-2.8x for the rank-16 LoRA convs, forward + backward; in fp32, and at batch 2
+and up, oneDNN won or tied, so those keep it.
+
 The swap is an instance attribute over `Conv2d._conv_forward`, so it composes with whatever wraps
 `forward` (lycoris' bypass modules, the WebUI's Lora patch), and it is removed when training ends.
 GPUs are left alone: cuDNN has no such weak spot.
@@ -23,6 +28,8 @@ import torch.nn.functional as F
 SMALL_COLUMNS = 64
 FP32_COLUMNS = 256
 FP32_MIN_DEPTH = 1280 * 9
+# Largest batch at which a bf16 1x1 convolution runs as a GEMM.
+POINTWISE_MAX_BATCH = 1
 
 
 def _output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -34,10 +41,17 @@ def prefers_matmul(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding
         return False
     n, _, h, w = x.shape
     o, c, kh, kw = weight.shape
+    if (kh, kw) == (1, 1) and _is_pointwise(stride, padding):
+        if n <= POINTWISE_MAX_BATCH and _compute_dtype(weight) == torch.bfloat16:
+            return True
     columns = n * _output_size(h, kh, stride[0], padding[0]) * _output_size(w, kw, stride[1], padding[1])
     if columns <= SMALL_COLUMNS:
         return True
     return _compute_dtype(weight) == torch.float32 and columns <= FP32_COLUMNS and c * kh * kw >= FP32_MIN_DEPTH
+
+
+def _is_pointwise(stride: tuple, padding: tuple) -> bool:
+    return tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
 
 
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -57,8 +71,11 @@ def conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     n, _, h, w = x.shape
     o, _, kh, kw = weight.shape
     oh, ow = _output_size(h, kh, stride[0], padding[0]), _output_size(w, kw, stride[1], padding[1])
-    cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # [N, C*k*k, L]
-    cols = cols.permute(1, 0, 2).reshape(cols.shape[1], n * oh * ow)
+    if (kh, kw) == (1, 1) and _is_pointwise(stride, padding):
+        cols = x.transpose(0, 1).reshape(x.shape[1], n * h * w)  # the pixels are the columns: a view at batch 1
+    else:
+        cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # [N, C*k*k, L]
+        cols = cols.permute(1, 0, 2).reshape(cols.shape[1], n * oh * ow)
     flat = weight.reshape(o, -1)
     # addmm/mm are autocast ops, so under bf16 autocast this casts exactly like F.conv2d would
     out = torch.addmm(bias.unsqueeze(1), flat, cols) if bias is not None else torch.mm(flat, cols)
