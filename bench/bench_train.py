@@ -158,7 +158,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--only", default="", help="comma list of RES:PRECISION:CKPT from the matrix, e.g. 256:no:0")
-    p.add_argument("--without", default="", help="comma list of CPU fast paths to leave off: small_convs,attention,heap")
+    p.add_argument("--without", default="", help="comma list of CPU fast paths to leave off: "
+                   "small_convs,pointwise_convs,attention,heap")
     p.add_argument("--alternate", default="", help="with --one: '/'-separated --without sets to alternate in one process")
     p.add_argument("--rounds", type=int, default=4, help="with --alternate: how many times each set runs")
     args = p.parse_args()

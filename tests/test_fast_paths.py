@@ -60,6 +60,7 @@ def test_gemm_form_for_bf16_pointwise_convs_at_batch_one():
     w = torch.zeros(16, 320, 1, 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert prefers_matmul(torch.zeros(1, 320, 64, 64), w, (1, 1), (0, 0))
+        assert not prefers_matmul(torch.zeros(1, 320, 64, 64), w, (1, 1), (0, 0), pointwise=False)
         assert not prefers_matmul(torch.zeros(2, 320, 64, 64), w, (1, 1), (0, 0))     # oneDNN ties or wins
         assert not prefers_matmul(torch.zeros(1, 320, 64, 64), w, (2, 2), (0, 0))     # strided: not a plain GEMM
     assert prefers_matmul(torch.zeros(1, 320, 64, 64, dtype=torch.bfloat16), w.bfloat16(), (1, 1), (0, 0))

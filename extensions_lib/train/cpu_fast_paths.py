@@ -1,8 +1,9 @@
 """The CPU-only speed-ups a training run switches on for its duration, and off again after.
 
 Each one is its own file with the measurements behind it: small_convs.py (small convolutions as one
-GEMM), cpu_attention.py (bf16 attention with saved probabilities), cpu_heap.py (freed memory kept in
-the heap). `ENABLED` lets bench/bench_train.py --without measure what each one is worth.
+GEMM; "pointwise_convs" is its bf16 1x1 rule), cpu_attention.py (bf16 attention with saved
+probabilities), cpu_heap.py (freed memory kept in the heap). `ENABLED` lets bench/bench_train.py
+--without / --alternate measure what each one is worth.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .cpu_attention import MAX_SCORES_CHECKPOINTED, scores_limit
 from .cpu_heap import keep_freed_memory
 from .small_convs import switch_small_convs
 
-ENABLED = {"small_convs": True, "attention": True, "heap": True}
+ENABLED = {"small_convs": True, "pointwise_convs": True, "attention": True, "heap": True}
 
 
 def keep_freed_memory_on(device: torch.device):
@@ -36,7 +37,7 @@ def cpu_fast_paths(unet: torch.nn.Module, device: torch.device, checkpointing: b
         undo.enter_context(keep_freed_memory_on(device))
         if ENABLED["small_convs"]:
             for module in (unet, *adapters):
-                undo.callback(switch_small_convs(module, device))
+                undo.callback(switch_small_convs(module, device, pointwise=ENABLED["pointwise_convs"]))
         if ENABLED["attention"]:
             undo.callback(use_own_attention(unet))
             if checkpointing:   # one block's attention probabilities live at a time

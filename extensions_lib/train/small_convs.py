@@ -36,13 +36,15 @@ def _output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def prefers_matmul(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> bool:
+def prefers_matmul(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple,
+                   pointwise: bool = True) -> bool:
+    """`pointwise`: whether bf16 1x1 convolutions at batch 1 take the GEMM form (off: small outputs only)."""
     if x.device.type != "cpu" or x.dim() != 4:
         return False
     n, _, h, w = x.shape
     o, c, kh, kw = weight.shape
     if (kh, kw) == (1, 1) and _is_pointwise(stride, padding):
-        if n <= POINTWISE_MAX_BATCH and _compute_dtype(weight) == torch.bfloat16:
+        if pointwise and n <= POINTWISE_MAX_BATCH and _compute_dtype(weight) == torch.bfloat16:
             return True
     columns = n * _output_size(h, kh, stride[0], padding[0]) * _output_size(w, kw, stride[1], padding[1])
     if columns <= SMALL_COLUMNS:
@@ -82,9 +84,9 @@ def conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     return out.view(o, n, oh, ow).permute(1, 0, 2, 3)
 
 
-def _conv_forward(module: torch.nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
+def _conv_forward(module: torch.nn.Conv2d, pointwise: bool, x: torch.Tensor, weight: torch.Tensor,
                   bias: Optional[torch.Tensor]) -> torch.Tensor:
-    if prefers_matmul(x, weight, module.stride, module.padding):
+    if prefers_matmul(x, weight, module.stride, module.padding, pointwise):
         return conv_as_matmul(x, weight, bias, module.stride, module.padding)
     return type(module)._conv_forward(module, x, weight, bias)
 
@@ -95,12 +97,12 @@ def _eligible(m: torch.nn.Module) -> bool:
             and "_conv_forward" not in vars(m))  # somebody else's override: leave it
 
 
-def switch_small_convs(module: torch.nn.Module, device: torch.device) -> Callable[[], int]:
+def switch_small_convs(module: torch.nn.Module, device: torch.device, pointwise: bool = True) -> Callable[[], int]:
     """Make the eligible Conv2d layers of `module` use the GEMM form for small outputs, on the CPU.
     Returns the undo (which says how many layers it restored)."""
     switched = [m for m in module.modules() if _eligible(m)] if device.type == "cpu" else []
     for m in switched:
-        m._conv_forward = partial(_conv_forward, m)
+        m._conv_forward = partial(_conv_forward, m, pointwise)
 
     def undo() -> int:
         for m in switched:
