@@ -75,6 +75,7 @@ def cmd_train(args) -> int:
         _stop_on_ctrl_c(commands)
         result = run_training(cfg, StandaloneHost(device=str(_device(dist))), callbacks=ConsoleProgress(dist.is_main),
                               commands=commands, dist=dist)
+        dist.finish()
     except user_error_types() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -56,6 +56,17 @@ class Dist:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
 
+    def finish(self) -> None:
+        """Wait until every process is done (the main one may still be writing files), then close the
+        process group: a process that leaves while its peers still hold the group can abort at exit."""
+        if self.num_processes == 1:
+            return
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     def assert_in_sync(self, params: list[torch.Tensor]) -> None:
         """Every process must hold the same weights (they start equal and apply averaged
         gradients); a mismatch means a silent data-parallel bug, so fail loudly."""
