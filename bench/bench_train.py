@@ -173,6 +173,8 @@ def main() -> None:
     if args.alternate:
         if not args.one:
             p.error("--alternate needs --one RES PRECISION CHECKPOINTING")
+        if args.without:
+            p.error("--alternate sets the fast paths of each turn itself: put the --without set in it instead")
         res, prec, ck = args.one
         alternate(int(res), prec, int(ck), variants, args.steps, args.rounds)
         return

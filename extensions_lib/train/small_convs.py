@@ -43,17 +43,18 @@ def prefers_matmul(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding
         return False
     n, _, h, w = x.shape
     o, c, kh, kw = weight.shape
-    if (kh, kw) == (1, 1) and _is_pointwise(stride, padding):
-        if pointwise and n <= POINTWISE_MAX_BATCH and _compute_dtype(weight) == torch.bfloat16:
-            return True
+    if (pointwise and _is_pointwise(weight, stride, padding) and n <= POINTWISE_MAX_BATCH
+            and _compute_dtype(weight) == torch.bfloat16):
+        return True
     columns = n * _output_size(h, kh, stride[0], padding[0]) * _output_size(w, kw, stride[1], padding[1])
     if columns <= SMALL_COLUMNS:
         return True
     return _compute_dtype(weight) == torch.float32 and columns <= FP32_COLUMNS and c * kh * kw >= FP32_MIN_DEPTH
 
 
-def _is_pointwise(stride: tuple, padding: tuple) -> bool:
-    return tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+def _is_pointwise(weight: torch.Tensor, stride: tuple, padding: tuple) -> bool:
+    """A 1x1 kernel, stride 1, no padding: the convolution is a plain product over the pixels."""
+    return weight.shape[2:] == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
 
 
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -73,7 +74,7 @@ def conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     n, _, h, w = x.shape
     o, _, kh, kw = weight.shape
     oh, ow = _output_size(h, kh, stride[0], padding[0]), _output_size(w, kw, stride[1], padding[1])
-    if (kh, kw) == (1, 1) and _is_pointwise(stride, padding):
+    if _is_pointwise(weight, stride, padding):
         cols = x.transpose(0, 1).reshape(x.shape[1], n * h * w)  # the pixels are the columns: a view at batch 1
     else:
         cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # [N, C*k*k, L]
