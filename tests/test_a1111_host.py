@@ -26,6 +26,7 @@ import fake_sd_model as fsm  # noqa: E402
 import fake_webui_control as fw  # noqa: E402
 import networks  # noqa: E402
 from modules import call_queue, devices, sd_hijack, sd_models, shared, shared_items  # noqa: E402
+from modules.processing import StableDiffusionProcessing, StableDiffusionProcessingTxt2Img  # noqa: E402
 
 from extensions_lib.hosts import a1111 as a1111_mod  # noqa: E402
 from extensions_lib.hosts.a1111 import A1111Host  # noqa: E402
@@ -575,6 +576,35 @@ def test_refresh_embeddings_and_hypernetworks(tmp_path, webui):
     host.refresh("hypernetwork", hn)
     assert shared_items.reload_hypernetworks_calls == 1 and shared.hypernetworks == {"style": str(hn)}
     assert shared.loaded_hypernetworks == [other]
+
+
+def _cache_some_conditioning():
+    """What a txt2img run leaves behind: the prompt's conditioning, cached across requests."""
+    StableDiffusionProcessing.cached_c = [("a photo of sks", 20), "old conditioning"]
+    StableDiffusionProcessing.cached_uc = [("", 20), "old unconditional"]
+    StableDiffusionProcessingTxt2Img.cached_hr_c = [("a photo of sks", 20), "old hires conditioning"]
+    StableDiffusionProcessingTxt2Img.cached_hr_uc = [("", 20), "old hires unconditional"]
+
+
+def _assert_no_cached_conditioning():
+    assert StableDiffusionProcessing.cached_c == [None, None]
+    assert StableDiffusionProcessing.cached_uc == [None, None]
+    assert StableDiffusionProcessingTxt2Img.cached_hr_c == [None, None]
+    assert StableDiffusionProcessingTxt2Img.cached_hr_uc == [None, None]
+
+
+@pytest.mark.parametrize("method", ["embedding", "hypernetwork", "lora"])
+def test_a_written_file_clears_the_webuis_cached_prompt_conditioning(tmp_path, tiny_sd1, method):
+    """The WebUI's conditioning cache is keyed on the prompt, not on embedding or hypernetwork files:
+    without a reset, repeating the prompt after training gives the image of the old file."""
+    load(tiny_sd1)
+    make_images(tmp_path / "data" / "1_sks", n=2)
+    cfg = quick_config(tmp_path / "data", "", method, training__max_train_steps=2,
+                       embedding__token="sks", output__name="" if method == "embedding" else "mine")
+    _cache_some_conditioning()
+    result = train(cfg)
+    assert result.output_path.is_file()
+    _assert_no_cached_conditioning()
 
 
 def test_refresh_loras_drops_a_stale_cached_copy(tmp_path, webui):

@@ -11,7 +11,7 @@
 - progress(commands): callbacks mirroring the run into `shared.state` and turning the WebUI's
   Interrupt into `commands.request_stop()`.
 - output_dir / refresh: the WebUI's model folders, and the reloads that make a new file usable at
-  once (Lora list, embeddings, hypernetworks).
+  once (Lora list, embeddings, hypernetworks; the cached prompt conditioning is dropped too).
 
 Every `modules.*` import happens inside a method: importing this file needs no WebUI.
 """
@@ -189,6 +189,26 @@ class A1111Host(Host):
         except Exception as e:  # noqa: BLE001 - see docstring
             print(f"[trainer] saved {path}, but refreshing the WebUI's {kind} list failed: {e!r}; "
                   "use the refresh button of the Extra networks tab", file=sys.stderr)
+        try:
+            self._forget_cached_conditioning()
+        except Exception as e:  # noqa: BLE001 - see docstring
+            print(f"[trainer] saved {path}, but clearing the WebUI's cached prompt conditioning failed: "
+                  f"{e!r}; change the prompt once (or reload the checkpoint) before comparing images",
+                  file=sys.stderr)
+
+    @staticmethod
+    def _forget_cached_conditioning() -> None:
+        """The WebUI reuses the last prompt's conditioning while prompt, steps, styles, checkpoint and
+        extra-network data are unchanged; its cache key knows nothing of embedding or hypernetwork
+        files, so a file rewritten under the same name would be ignored by the next identical prompt."""
+        from modules import processing
+
+        processing.StableDiffusionProcessing.cached_c = [None, None]
+        processing.StableDiffusionProcessing.cached_uc = [None, None]
+        txt2img = getattr(processing, "StableDiffusionProcessingTxt2Img", None)
+        for name in ("cached_hr_c", "cached_hr_uc"):      # the hires pass keeps its own pair
+            if txt2img is not None and hasattr(txt2img, name):
+                setattr(txt2img, name, [None, None])
 
     @staticmethod
     def _refresh_loras(path: Path) -> None:

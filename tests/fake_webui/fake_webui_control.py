@@ -23,7 +23,7 @@ def reset(data_dir: Optional[str] = None, argv: Optional[list] = None, extension
     argv: command-line options (e.g. ["--trainer-disable-api"]); extensions: folders whose preload.py
     runs (default: this repository). Returns shared.cmd_opts.
     """
-    from modules import (call_queue, devices, errors, launch_utils, paths_internal, progress,
+    from modules import (call_queue, devices, errors, launch_utils, paths_internal, processing, progress,
                          script_callbacks, sd_hijack, sd_models, sd_vae, shared, shared_cmd_options, shared_items)
     import networks
 
@@ -40,6 +40,7 @@ def reset(data_dir: Optional[str] = None, argv: Optional[list] = None, extension
     shared_items.reload_hypernetworks_calls = 0
     script_callbacks.clear_callbacks()
     progress.reset()
+    processing.reset()
     sd_models.reset()
     sd_vae.loaded_vae_file = None
     sd_vae.base_vae = None
