@@ -19,6 +19,7 @@ from ..export.metadata import lora_metadata
 from ..model.bundle import ModelBundle
 from .base import Method, SaveInfo
 from .lora_bypass import use_lean_bypass
+from .merged_forward import use_merged_forward
 
 # Which module classes each method reaches (kohya's defaults).
 ATTENTION_BLOCKS = ["Transformer2DModel"]
@@ -114,6 +115,7 @@ class LoraMethod(Method):
         net.to(device=device, dtype=torch.float32)
         net.requires_grad_(True)
         use_lean_bypass(net.loras)
+        use_merged_forward(net.loras)
         self.network = net
 
     def adapter_modules(self) -> list[torch.nn.Module]:

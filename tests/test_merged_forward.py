@@ -1,0 +1,119 @@
+"""LoHa / LoKr merged forward: the same outputs and gradients as lycoris' rebuild forward, without
+keeping any full-size weight for backward."""
+from __future__ import annotations
+
+import pytest
+import torch
+from lycoris.modules.loha import LohaModule
+from lycoris.modules.lokr import LokrModule
+
+from extensions_lib.methods.merged_forward import merged_eligible, use_merged_forward
+
+LAYERS = {
+    "linear": (lambda: torch.nn.Linear(32, 48), (2, 5, 32)),
+    "conv3x3_strided": (lambda: torch.nn.Conv2d(16, 24, 3, padding=1, stride=2), (2, 16, 9, 9)),
+    "conv1x1": (lambda: torch.nn.Conv2d(16, 24, 1), (1, 16, 4, 4)),
+}
+ALGOS = {
+    "loha": (LohaModule, {}),
+    "lokr": (LokrModule, {"factor": 4}),
+    "lokr_both_low_rank": (LokrModule, {"factor": -1, "decompose_both": True, "lora_dim": 2}),
+}
+
+
+def _module(algo, layer, **extra):
+    cls, kw = ALGOS[algo]
+    torch.manual_seed(0)
+    base = LAYERS[layer][0]().requires_grad_(False)
+    torch.manual_seed(1)
+    module = cls("test", base, **{"multiplier": 0.7, "lora_dim": 4, "alpha": 2, **kw, **extra})
+    for p in module.parameters():  # trained-looking factors: lycoris starts one of them at zero
+        torch.nn.init.normal_(p, std=0.3)
+    return base, module
+
+
+def _run(algo, layer, merged: bool, autocast: bool = False, **extra):
+    base, module = _module(algo, layer, **extra)
+    module.apply_to()
+    if merged:
+        assert use_merged_forward([module]) == 1
+    x = torch.randn(LAYERS[layer][1], generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = base(x)
+    weights = torch.linspace(-1, 1, y.numel()).view(y.shape)
+    (y.float() * weights).sum().backward()
+    module.restore()
+    return y.detach().float(), x.grad, [p.grad.clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_merged_forward_matches_lycoris_outputs_and_gradients(algo, layer):
+    want_y, want_gx, want_gp = _run(algo, layer, merged=False)
+    got_y, got_gx, got_gp = _run(algo, layer, merged=True)
+    torch.testing.assert_close(got_y, want_y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_gx, want_gx, atol=1e-5, rtol=1e-5)
+    assert len(got_gp) == len(want_gp) >= 2
+    for got, want in zip(got_gp, want_gp):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("algo", ["loha", "lokr"])
+def test_merged_forward_under_bf16_autocast_matches_to_bf16_rounding(algo):
+    for layer in ("linear", "conv3x3_strided"):
+        want_y, want_gx, want_gp = _run(algo, layer, merged=False, autocast=True)
+        got_y, got_gx, got_gp = _run(algo, layer, merged=True, autocast=True)
+        scale = lambda t: t.abs().max().item()  # noqa: E731
+        assert (got_y - want_y).abs().max() <= 0.02 * scale(want_y)
+        assert (got_gx - want_gx).abs().max() <= 0.02 * scale(want_gx)
+        for got, want in zip(got_gp, want_gp):
+            assert (got - want).abs().max() <= 0.02 * scale(want)
+
+
+def _saved_bytes(algo, layer, merged: bool) -> tuple[int, int]:
+    """Bytes autograd keeps for backward in one adapted layer's forward, and that layer's weight size."""
+    base, module = _module(algo, layer)
+    module.apply_to()
+    if merged:
+        use_merged_forward([module])
+    x = torch.randn(LAYERS[layer][1]).requires_grad_(True)
+    kept = []
+
+    def pack(t):
+        kept.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        base(x)
+    module.restore()
+    own = {id(p) for p in module.parameters()} | {id(base.weight)}
+    fresh = [t for t in kept if id(t) not in own and t is not x]  # tensors made for this layer alone
+    return sum(t.numel() * t.element_size() for t in fresh), base.weight.numel() * base.weight.element_size()
+
+
+@pytest.mark.parametrize("algo", ["loha", "lokr"])
+def test_merged_forward_keeps_no_full_size_weight_for_backward(algo):
+    for layer in ("linear", "conv3x3_strided"):
+        old, weight_bytes = _saved_bytes(algo, layer, merged=False)
+        new, _ = _saved_bytes(algo, layer, merged=True)
+        assert old >= weight_bytes  # lycoris' rebuild form keeps at least one full-size ΔW
+        assert new < weight_bytes / 4, (layer, new, weight_bytes)
+
+
+def test_merged_forward_at_multiplier_zero_is_the_base_layer():
+    base, module = _module("loha", "linear")
+    module.apply_to()
+    use_merged_forward([module])
+    module.multiplier = 0.0
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(base(x), torch.nn.functional.linear(x, base.weight, base.bias))
+    module.restore()
+
+
+def test_modules_it_does_not_cover_keep_lycoris_forward():
+    _, with_rank_dropout = _module("loha", "linear", rank_dropout=0.1)
+    assert not merged_eligible(with_rank_dropout)
+    _, dora = _module("loha", "linear", weight_decompose=True)
+    assert not merged_eligible(dora)
+    assert use_merged_forward([with_rank_dropout, dora]) == 0
