@@ -607,6 +607,25 @@ def test_a_written_file_clears_the_webuis_cached_prompt_conditioning(tmp_path, t
     _assert_no_cached_conditioning()
 
 
+def test_an_unknown_checkpoint_hash_is_left_out_of_the_lora_metadata(tmp_path, tiny_sd1, monkeypatch):
+    """Under --no-hashing the WebUI knows no sha256: the key is left out rather than written as "None";
+    a hash the WebUI has cached for the file is used without hashing it again."""
+    from modules import hashes
+
+    load(tiny_sd1, sha256=None)
+    result = train(config(tmp_path, steps=1, name="unhashed"))
+    with safe_open(str(result.output_path), "pt") as f:
+        meta = f.metadata()
+    assert "ss_new_sd_model_hash" not in meta and "ss_sd_model_hash" not in meta
+    assert not [k for k, v in meta.items() if v.strip() in ("", "None")], meta
+
+    monkeypatch.setattr(hashes, "sha256_from_cache", lambda filename, title, use_addnet_hash=False: "c" * 64)
+    cfg = config(tmp_path, steps=1, name="cached_hash")
+    result = train(cfg)
+    with safe_open(str(result.output_path), "pt") as f:
+        assert f.metadata()["ss_new_sd_model_hash"] == "c" * 64
+
+
 def test_refresh_loras_drops_a_stale_cached_copy(tmp_path, webui):
     networks.networks_in_memory["mine"] = object()
     path = Path(webui.lora_dir) / "mine.safetensors"

@@ -104,10 +104,11 @@ def files_in(folder):
 
 def test_lora_metadata_exact_keys_all_str_and_sd_scripts_values():
     meta = lora_metadata(**lora_kwargs())
-    assert set(meta) == SS_KEYS | MODELSPEC_KEYS
+    assert set(meta) == (SS_KEYS | MODELSPEC_KEYS) - {"ss_vae_name", "ss_max_token_length", "ss_noise_offset"}
     assert all(isinstance(v, str) for v in meta.values())
     assert meta["ss_v2"] == "False"
-    assert meta["ss_vae_name"] == "None" and meta["ss_max_token_length"] == "None"
+    # unknown values (no separate VAE, default token length) leave their keys out: no "None" placeholders
+    assert "ss_vae_name" not in meta and "ss_max_token_length" not in meta and "ss_noise_offset" not in meta
     assert meta["ss_resolution"] == "(512, 768)" and meta["modelspec.resolution"] == "512x768"
     assert meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "4.0"
     assert json.loads(meta["ss_network_args"]) == {"conv_dim": 4, "algo": "locon"}
@@ -128,8 +129,9 @@ def test_lora_metadata_exact_keys_all_str_and_sd_scripts_values():
 
 def test_lora_metadata_optional_modelspec_keys_left_out_and_variants():
     meta = lora_metadata(**lora_kwargs(clip_skip=None, description=None, training_finished_at=None))
-    assert set(meta) == SS_KEYS | MODELSPEC_KEYS - {"modelspec.encoder_layer", "modelspec.description"}
-    assert meta["ss_clip_skip"] == "None" and meta["ss_training_finished_at"] == "None"
+    assert set(meta) == (SS_KEYS | MODELSPEC_KEYS) - {"modelspec.encoder_layer", "modelspec.description",
+                                                      "ss_clip_skip", "ss_training_finished_at", "ss_vae_name",
+                                                      "ss_max_token_length", "ss_noise_offset"}
 
     v2 = lora_metadata(**lora_kwargs(base_model_version="sd_v2_v", v2=True, v_prediction=True))
     assert v2["ss_v2"] == "True"  # the WebUI compares this string to "True"
@@ -159,7 +161,25 @@ def test_lora_metadata_rejects_inconsistent_input(over, field):
 
 def test_lora_metadata_extra_keys_are_str():
     meta = lora_metadata(**lora_kwargs(extra={"ss_network_dropout": None, "ss_cache_latents": True}))
-    assert meta["ss_network_dropout"] == "None" and meta["ss_cache_latents"] == "True"
+    assert "ss_network_dropout" not in meta and meta["ss_cache_latents"] == "True"
+
+
+def test_metadata_never_writes_a_placeholder_for_an_unknown_value():
+    """sd-scripts writes str(None); a reader (Civitai, the WebUI's metadata view) then shows "None" as if
+    it were the model's hash. Unknown values and empty strings leave their key out."""
+    unknown = dict(sd_model_name=None, sd_model_hash=None, sd_new_model_hash=None, vae_name=None, seed=None,
+                   clip_skip=None, max_token_length=None, noise_offset=None, min_snr_gamma=None,
+                   learning_rate=None, unet_lr=None, text_encoder_lr=None, training_finished_at=None,
+                   comment="", extra={"ss_network_dropout": None, "ss_note": ""})
+    meta = lora_metadata(**lora_kwargs(**unknown))
+    assert not [k for k, v in meta.items() if v.strip() in ("", "None")], meta
+    for key in ("ss_sd_model_name", "ss_sd_model_hash", "ss_new_sd_model_hash", "ss_vae_name", "ss_seed",
+                "ss_unet_lr", "ss_training_finished_at", "ss_training_comment", "ss_network_dropout", "ss_note"):
+        assert key not in meta, key
+    assert meta["ss_output_name"] == "my_lora" and meta["ss_num_epochs"] == "10"
+    emb = embedding_metadata(name="e", step=1, sd_checkpoint=None, sd_checkpoint_name=None, num_vectors_per_token=1,
+                             init_text="*", architecture="stable-diffusion-v1", resolution=(64, 64), saved_at=0.0)
+    assert "sd_checkpoint" not in emb and "sd_checkpoint_name" not in emb
 
 
 def test_embedding_metadata_keys_all_str():

@@ -224,6 +224,23 @@ def test_key_names_and_metadata(tmp_path):
     assert meta["ss_network_dim"] == "4" and meta["ss_steps"] == "2"
     assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
     assert meta["ss_num_train_images"] == "20"  # 4 images x 5 repeats, as kohya counts
+    # max steps (2) end the run inside its first epoch of 20 steps: it trains 1 epoch, not the 2 configured
+    assert meta["ss_num_epochs"] == "1" and meta["ss_epoch"] == "1"
+    # what is unknown (the tiny model has no hash, no separate VAE, no comment) is left out, never "None"
+    assert not [k for k, v in meta.items() if v.strip() in ("", "None")], meta
+    assert "ss_new_sd_model_hash" not in meta and "ss_training_comment" not in meta
+    assert meta["ss_unet_lr"] == meta["ss_text_encoder_lr"] == "0.001"
+
+
+def test_metadata_leaves_out_the_learning_rate_of_a_part_that_is_not_in_the_file(tmp_path):
+    make_images(tmp_path / "data" / "1_sks", n=2)
+    cfg = quick_config(tmp_path / "data", tmp_path / "out", "lora", training__max_train_steps=1,
+                       network__train_text_encoder=False)
+    result = run_training(cfg, StandaloneHost(tiny_bundle()))
+    assert not any(k.startswith("lora_te_") for k in load_file(result.output_path))
+    with safe_open(str(result.output_path), "pt") as f:
+        meta = f.metadata()
+    assert "ss_text_encoder_lr" not in meta and meta["ss_unet_lr"] == "0.001"
 
 
 def test_two_runs_do_not_leak_presets(tmp_path):

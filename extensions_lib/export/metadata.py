@@ -1,9 +1,11 @@
 """Safetensors metadata (all values str) in the layout sd-scripts writes, which the WebUI, ComfyUI,
 Civitai and the kohya tools read: ss_* training keys plus modelspec.* (Stability AI's ModelSpec).
 
-Value conventions follow sd-scripts (train_network.py converts everything with str()): None -> "None",
-bools -> "True"/"False", dicts -> JSON, resolution -> "(w, h)". The WebUI compares ss_v2 to "True",
-reads ss_base_model_version's "sdxl_" prefix and float(ss_training_started_at).
+Value conventions follow sd-scripts (train_network.py converts everything with str()): bools ->
+"True"/"False", dicts -> JSON, resolution -> "(w, h)". One deliberate difference: sd-scripts writes
+"None" for what it does not know; we leave such keys out (an unknown value, an empty comment), so a
+reader never mistakes a placeholder for a fact. The WebUI compares ss_v2 to "True", reads
+ss_base_model_version's "sdxl_" prefix and float(ss_training_started_at), all with .get().
 """
 from __future__ import annotations
 
@@ -30,10 +32,30 @@ ARCHITECTURE_BY_BASE_VERSION = {
 }
 PREDICTION_TYPES = ("epsilon", "v")
 
+# the ss_* keys lora_metadata writes (each only when its value is known)
+_LORA_SS_KEYS = (
+    "ss_output_name", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
+    "ss_base_model_version", "ss_v2", "ss_sd_model_name", "ss_sd_model_hash", "ss_new_sd_model_hash",
+    "ss_vae_name", "ss_resolution", "ss_num_train_images", "ss_num_reg_images", "ss_num_epochs", "ss_epoch",
+    "ss_steps", "ss_learning_rate", "ss_unet_lr", "ss_text_encoder_lr", "ss_optimizer", "ss_lr_scheduler",
+    "ss_lr_warmup_steps", "ss_clip_skip", "ss_max_token_length", "ss_mixed_precision", "ss_noise_offset",
+    "ss_min_snr_gamma", "ss_seed", "ss_tag_frequency", "ss_dataset_dirs", "ss_training_started_at",
+    "ss_training_finished_at", "ss_training_comment",
+)
+
 
 def _s(value: Any) -> str:
-    """str() as sd-scripts applies it to every ss_* value (None -> "None", True -> "True")."""
+    """str() as sd-scripts applies it to every ss_* value (True -> "True")."""
     return str(value)
+
+
+def _unknown(value: Any) -> bool:
+    """None, "", "None": a placeholder, not a value; its key is left out."""
+    return value is None or (isinstance(value, str) and value.strip() in ("", "None"))
+
+
+def _known(pairs: Mapping[str, Any]) -> dict[str, str]:
+    return {k: v if isinstance(v, str) else _s(v) for k, v in pairs.items() if not _unknown(v)}
 
 
 def _json(value: Mapping[str, Any], field: str) -> str:
@@ -169,6 +191,9 @@ def lora_metadata(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """ss_* + modelspec.* metadata of a kohya-format LoRA / LyCORIS file; every value is a str.
+    A value that is None (unknown: model hash, VAE, seed, finish time, ...) or an empty string leaves
+    its key out. num_epochs is the number of epochs the run trains (fewer than configured when
+    max steps end it early), not the configured epoch count.
 
     architecture defaults from base_model_version, implementation as sd-scripts picks it, title to
     output_name, prediction_type from v_prediction. `extra` adds more ss_* keys (str()-converted).
@@ -177,7 +202,7 @@ def lora_metadata(
     """
     _check_base_version(base_model_version, v2, v_prediction)
     w, h = _resolution(resolution)
-    meta = {
+    meta = _known({
         "ss_output_name": _s(output_name),
         "ss_network_module": _s(network_module),
         "ss_network_dim": _s(dim),
@@ -210,13 +235,14 @@ def lora_metadata(
         "ss_tag_frequency": _json(tag_frequency, "tag_frequency"),
         "ss_dataset_dirs": _json(dataset_dirs, "dataset_dirs"),
         "ss_training_started_at": _s(float(training_started_at)),
-        "ss_training_finished_at": _s(None if training_finished_at is None else float(training_finished_at)),
-        "ss_training_comment": _s(comment),
-    }
+        "ss_training_finished_at": None if training_finished_at is None else float(training_finished_at),
+        "ss_training_comment": comment,
+    })
+    standard = set(_LORA_SS_KEYS)
     for key, value in (extra or {}).items():
-        if not key.startswith("ss_") or key in meta:
+        if not key.startswith("ss_") or key in standard:
             raise ValueError(f"extra metadata key {key!r} must start with 'ss_' and not replace a standard key")
-        meta[key] = value if isinstance(value, str) else _s(value)
+    meta.update(_known(extra or {}))
 
     arch = architecture or ARCHITECTURE_BY_BASE_VERSION[base_model_version]
     meta.update(
@@ -254,16 +280,17 @@ def embedding_metadata(
     description: str | None = None,
 ) -> dict[str, str]:
     """Metadata of a textual-inversion .safetensors: the WebUI .pt fields (name, step, sd_checkpoint =
-    checkpoint short hash, sd_checkpoint_name) plus vectors / init text and modelspec.*; all str.
+    checkpoint short hash, sd_checkpoint_name) plus vectors / init text and modelspec.*; all str;
+    unknown values (None) leave their key out.
     The WebUI itself ignores safetensors metadata of embeddings (the name comes from the file name)."""
-    meta = {
+    meta = _known({
         "name": str(name),
         "step": _s(int(step)),
-        "sd_checkpoint": _s(sd_checkpoint),
-        "sd_checkpoint_name": _s(sd_checkpoint_name),
+        "sd_checkpoint": sd_checkpoint,
+        "sd_checkpoint_name": sd_checkpoint_name,
         "num_vectors_per_token": _s(int(num_vectors_per_token)),
         "init_text": str(init_text),
-    }
+    })
     meta.update(
         modelspec_metadata(
             architecture=architecture,

@@ -313,8 +313,22 @@ def checkpoint_facts(sd_model) -> dict:
     return {
         "model_name": os.path.basename(filename) if filename else model_title(sd_model),
         "model_hash": legacy if legacy and legacy != "NOFILE" else None,
-        "model_sha256": getattr(info, "sha256", None) or None,
+        "model_sha256": getattr(info, "sha256", None) or _cached_sha256(info),
         "vae_name": os.path.basename(vae_file) if vae_file else None,
         "path": filename,
         "title": model_title(sd_model),
     }
+
+
+def _cached_sha256(info) -> Optional[str]:
+    """The checkpoint's full sha256 from the WebUI's hash cache (cache/hashes), when the loaded
+    CheckpointInfo has none yet; never hashes the file here (that takes minutes for a big checkpoint)."""
+    filename, name = getattr(info, "filename", None), getattr(info, "name", None)
+    if not filename or not name:
+        return None
+    try:
+        from modules import hashes
+
+        return hashes.sha256_from_cache(filename, f"checkpoint/{name}") or None
+    except Exception:  # noqa: BLE001 - a missing or unreadable cache only means "unknown"
+        return None

@@ -183,6 +183,9 @@ class LoraMethod(Method):
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.output.save_precision]
         tensors = self.state_dict(dtype)
         t, d, n = cfg.training, cfg.data, cfg.network
+        # a part without modules in the file has no learning rate to report
+        te_lr = cfg.text_encoder_lr if getattr(self.network, "text_encoder_loras", None) else None
+        unet_lr = cfg.unet_lr if getattr(self.network, "unet_loras", None) else None
         meta = lora_metadata(
             output_name=cfg.output_name,
             network_module="networks.lora" if n.method == "lora" else NETWORK_MODULE,
@@ -192,8 +195,9 @@ class LoraMethod(Method):
             vae_name=b.vae_name, resolution=(d.resolution, d.resolution),
             num_train_images=info.extra.get("num_train_images", 0),
             num_reg_images=info.extra.get("num_reg_images", 0),
-            num_epochs=t.max_train_epochs, epoch=info.epoch, steps=info.step,
-            learning_rate=t.learning_rate, unet_lr=cfg.unet_lr, text_encoder_lr=cfg.text_encoder_lr,
+            # the epochs this run trains (max steps may end it before max_train_epochs)
+            num_epochs=info.extra.get("num_epochs", t.max_train_epochs), epoch=info.epoch, steps=info.step,
+            learning_rate=t.learning_rate, unet_lr=unet_lr, text_encoder_lr=te_lr,
             optimizer=t.optimizer, lr_scheduler=t.lr_scheduler,
             lr_warmup_steps=info.extra.get("warmup_steps", 0),
             clip_skip=info.extra.get("clip_skip", 1), max_token_length=d.max_token_length,

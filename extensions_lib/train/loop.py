@@ -119,6 +119,7 @@ class Trainer:
         self.saved: list[Path] = []
         self.previews: list = []
         self._last_preview_step = -1
+        self.planned_epochs = self.total_steps = None    # set by run() from the dataset and the limits
 
     # -- pieces -----------------------------------------------------------------------------
     def _conditioner(self) -> TextConditioner:
@@ -141,7 +142,8 @@ class Trainer:
         path = self.method.file_path(self.output_dir, self.cfg.output_name, **label)
         info = SaveInfo(step=step, epoch=epoch, final=final, started_at=self.started_at,
                         finished_at=time.time() if final else None,
-                        extra=dict(self.save_extra, warmup_steps=self.warmup, clip_skip=self.clip_skip))
+                        extra=dict(self.save_extra, warmup_steps=self.warmup, clip_skip=self.clip_skip,
+                                   num_epochs=self.planned_epochs, total_steps=self.total_steps))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.method.save(path, info, overwrite=self.cfg.output.overwrite)
         self.saved.append(path)
@@ -179,6 +181,7 @@ class Trainer:
         optimizer = build_optimizer(cfg, groups, self.device)
         batches_per_epoch = self.dataset.steps_per_epoch(self.dist.num_processes)
         per_epoch, total_steps, epochs = plan_steps(cfg, batches_per_epoch)
+        self.planned_epochs, self.total_steps = epochs, total_steps
         self.warmup = warmup_steps(cfg, total_steps)
         lr_schedule = build_scheduler(cfg, optimizer, total_steps)
         cond = self._conditioner()
