@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
@@ -45,6 +46,8 @@ def test_adamw_is_fused_where_torch_can_and_steps_like_plain_adamw():
     plain = torch.optim.AdamW(plain_p, lr=1e-2, weight_decay=0.1)
     if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4):
         assert fused.defaults["fused"] is True
+    else:  # torch 2.1-2.3 take fused=True for CPU tensors but have no CPU kernel for the step
+        assert not fused.defaults["fused"]
     for _ in range(3):
         for p, opt in ((fused_p, fused), (plain_p, plain)):
             opt.zero_grad()
@@ -242,3 +245,68 @@ def test_preview_images_reported(tmp_path):
     # the last preview is written beside the LoRA, with the card's json
     assert result.output_path.with_suffix(".png").is_file()
     assert result.output_path.with_suffix(".json").is_file()
+
+
+def _nan_decoder(vae):
+    def decode(z, *args, **kwargs):
+        n, _, h, w = z.shape
+        down = 2 ** (len(vae.config.block_out_channels) - 1)
+        return types.SimpleNamespace(sample=torch.full((n, 3, h * down, w * down), float("nan")))
+    return decode
+
+
+def test_a_non_finite_preview_gives_none_not_a_black_picture():
+    from extensions_lib.train.preview import sample_images
+
+    bundle = tiny_bundle()
+    kw = dict(steps=2, width=64, height=64)
+    assert all(img is not None for img in sample_images(bundle, ["a photo of sks"], **kw))
+
+    bundle.vae.decode = _nan_decoder(bundle.vae)
+    problems = []
+    assert sample_images(bundle, ["a photo of sks", "sks"], problems=problems, **kw) == [None, None]
+    assert problems == [(0, "decoded image"), (1, "decoded image")]
+
+    bundle = tiny_bundle()
+    forward = bundle.unet.forward
+    bundle.unet.forward = lambda *a, **k: types.SimpleNamespace(sample=forward(*a, **k).sample * float("inf"))
+    problems = []
+    assert sample_images(bundle, ["a photo of sks"], problems=problems, **kw) == [None]
+    assert problems == [(0, "latents")]
+
+
+def test_a_non_finite_preview_is_reported_and_never_saved(tmp_path):
+    make_images(tmp_path / "data" / "1_sks")
+    cfg = quick_config(tmp_path / "data", tmp_path / "out", "lora", training__max_train_steps=2)
+    cfg.sample.prompts = ["a photo of sks"]
+    cfg.sample.width = cfg.sample.height = 64
+    cfg.sample.steps = 2
+    warnings, samples, statuses = [], [], []
+
+    class Rec(Callbacks):
+        def on_warning(self, text):
+            warnings.append(text)
+
+        def on_sample(self, images, step):
+            samples.append(images)
+
+    class StatusOnly(Callbacks):           # a subscriber that knows only on_status still hears it
+        def on_status(self, text):
+            statuses.append(text)
+
+    bundle = tiny_bundle()
+    bundle.vae.decode = _nan_decoder(bundle.vae)
+    from extensions_lib.train.events import MultiCallbacks
+
+    result = run_training(cfg, StandaloneHost(bundle), callbacks=MultiCallbacks(Rec(), StatusOnly()))
+    assert result.output_path.is_file() and result.previews == [] and samples == []
+    assert len(warnings) == 1, warnings
+    text = warnings[0]
+    assert "'a photo of sks'" in text and "step 2" in text and "NaN" in text
+    assert "learning rate" in text and "bf16" in text and "VAE" in text
+    assert any(s.startswith("Warning: preview 'a photo of sks'") for s in statuses)
+    card = result.output_path.with_suffix(".png")
+    if card.exists():       # a card picture may come from the training images, never from the NaN preview
+        from PIL import Image
+        import numpy as np
+        assert np.asarray(Image.open(card)).max() > 0

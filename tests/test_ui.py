@@ -518,3 +518,15 @@ def test_status_stays_json_when_the_loss_diverges():
     assert s["losses"] == [None] and s["loss"] is None and s["step"] == 1
     assert "not finite" in status_html(s)
     assert loss_plot(s["losses"]) is None
+
+
+def test_a_warning_of_the_run_reaches_the_status_log_and_tab():
+    from extensions_lib.ui.job import _JobCallbacks
+    from extensions_lib.ui.tab import status_html
+
+    job = TrainingJob()
+    _JobCallbacks(job, "").on_warning("preview 'sks' at step 4: the decoded image contain NaN/inf")
+    s = job.status()
+    assert s["warnings"] == ["preview 'sks' at step 4: the decoded image contain NaN/inf"]
+    assert s["log"][-1].startswith("warning: preview 'sks'")
+    assert "trainer-ext-warning" in status_html(s) and "NaN/inf" in status_html(s)

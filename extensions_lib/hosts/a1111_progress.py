@@ -13,6 +13,8 @@ outside it these callbacks leave the state alone, since a generation may be usin
 """
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -82,6 +84,11 @@ class WebUIProgress(Callbacks):
         self._poll_interrupt(state)
         if not self.interrupt_seen:
             state.textinfo = f"Training {self._label()}: {text}"
+
+    def on_warning(self, text: str) -> None:
+        # the progress text is replaced at the next step: the WebUI's console keeps it
+        print(f"[trainer] Warning: {text}", file=sys.stderr)
+        self.on_status(f"Warning: {text}")
 
     def on_step(self, info: StepInfo) -> None:
         state = self._state()

@@ -37,6 +37,12 @@ class Callbacks:
 
     def on_start(self, info: dict) -> None: ...
     def on_status(self, text: str) -> None: ...
+
+    def on_warning(self, text: str) -> None:
+        """Something the user must know (a NaN preview, ...); the run goes on. By default shown as a
+        status line, so a subscriber that only knows on_status still shows it."""
+        self.on_status(f"Warning: {text}")
+
     def on_step(self, info: StepInfo) -> None: ...
     def on_sample(self, images: list, step: int) -> None: ...   # [(prompt, PIL.Image)]
     def on_saved(self, path: Path, final: bool) -> None: ...
@@ -55,6 +61,7 @@ class MultiCallbacks(Callbacks):
 
     def on_start(self, info): self._each("on_start", info)
     def on_status(self, text): self._each("on_status", text)
+    def on_warning(self, text): self._each("on_warning", text)
     def on_step(self, info): self._each("on_step", info)
     def on_sample(self, images, step): self._each("on_sample", images, step)
     def on_saved(self, path, final): self._each("on_saved", path, final)

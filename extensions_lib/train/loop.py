@@ -21,7 +21,7 @@ from .cpu_fast_paths import cpu_fast_paths
 from .events import Callbacks, Commands, StepInfo, TrainResult
 from .objective import denoising_loss, sample_noise, sample_timesteps, target_for
 from .optimizers import build_optimizer, build_scheduler, warmup_steps
-from .preview import sample_images
+from .preview import non_finite_message, sample_images
 from .text import TextConditioner
 
 
@@ -159,14 +159,19 @@ class Trainer:
         self._last_preview_step = step
         self.cb.on_status(f"Sampling {len(s.prompts)} preview(s)…")
         self.method.train_mode(False)
+        problems: list = []
         images = sample_images(self.bundle, list(s.prompts), negative=s.negative_prompt, steps=s.steps,
                                cfg_scale=s.cfg_scale, width=s.width, height=s.height, seed=s.seed,
                                clip_skip=self.clip_skip, max_token_length=self.cfg.data.max_token_length,
-                               autocast_dtype=self.autocast)
+                               autocast_dtype=self.autocast, problems=problems)
         self.method.train_mode(True)
-        pairs = list(zip(s.prompts, images))
+        for index, where in problems:
+            self.cb.on_warning(non_finite_message(s.prompts[index], where, step))
+        # a NaN preview is not shown, not kept for the card picture, and does not stand in for a newer one
+        pairs = [(prompt, image) for prompt, image in zip(s.prompts, images) if image is not None]
         self.previews = pairs
-        self.cb.on_sample(pairs, step)
+        if pairs:
+            self.cb.on_sample(pairs, step)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:

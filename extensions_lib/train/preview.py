@@ -2,8 +2,13 @@
 
 Uses the same text conditioning as training (chunks, clip skip) so previews show what the WebUI
 will show. Seeded, so previews at different steps compare.
+
+A preview whose latents or decoded pixels hold NaN/inf is not a picture (it would be saved as black):
+sample_images gives None in its place and the caller warns with `non_finite_message`.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 import torch
@@ -15,7 +20,10 @@ from .text import encode, tokenize
 @torch.no_grad()
 def sample_images(bundle, prompts: list[str], *, negative: str = "", steps: int = 20, cfg_scale: float = 7.0,
                   width: int = 512, height: int = 512, seed: int = 1234, clip_skip: int = 1,
-                  max_token_length: int = 75, autocast_dtype=None) -> list[Image.Image]:
+                  max_token_length: int = 75, autocast_dtype=None,
+                  problems: Optional[list] = None) -> list[Optional[Image.Image]]:
+    """One image per prompt; None where the result is not finite (then `problems`, if given, gets
+    (prompt index, "latents" | "decoded image"))."""
     from diffusers import DDIMScheduler
 
     sched = DDIMScheduler.from_config(bundle.noise_scheduler.config)
@@ -39,7 +47,25 @@ def sample_images(bundle, prompts: list[str], *, negative: str = "", steps: int 
                 pred = unet(inp.to(ctx_dtype), t, ctx.to(ctx_dtype)).sample.float()
                 pu, pc = pred.chunk(2)
                 latents = sched.step(pu + cfg_scale * (pc - pu), t, latents).prev_sample
+            if not torch.isfinite(latents).all():
+                images.append(None)
+                if problems is not None:
+                    problems.append((i, "latents"))
+                continue
             x = vae.decode((latents / bundle.vae_scale_factor).to(next(vae.parameters()).dtype)).sample
+        if not torch.isfinite(x).all():
+            images.append(None)
+            if problems is not None:
+                problems.append((i, "decoded image"))
+            continue
         arr = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
         images.append(Image.fromarray(np.ascontiguousarray(arr)))
     return images
+
+
+def non_finite_message(prompt: str, where: str, step: int) -> str:
+    """The warning for a preview that came out NaN/inf, naming the likely causes and their fixes."""
+    return (f"preview '{prompt}' at step {step}: the {where} contain NaN/inf, so no picture was saved. "
+            "Likely causes: the learning rate is too high (the network diverged: lower it, or keep "
+            "max_grad_norm on); fp16 overflow (set mixed precision to bf16, or no = fp32); the VAE "
+            "running in fp16 (use an fp32 VAE: the WebUI's --no-half-vae).")

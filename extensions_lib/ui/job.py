@@ -40,7 +40,7 @@ def _fresh(job_id: str = "", state: str = "idle") -> dict:
         "loss": None, "avg_loss": None, "lr": None, "it_per_s": None, "eta_s": None,
         "losses": [], "previews": [], "preview_step": None,
         "output_path": "", "saved": [], "prompt_usage": "", "method": "", "name": "",
-        "started_at": None, "finished_at": None, "log": [],
+        "started_at": None, "finished_at": None, "log": [], "warnings": [],
         # bumped on every change, so pollers redraw only what changed
         "version": 0, "loss_version": 0, "preview_version": 0,
     }
@@ -59,6 +59,9 @@ class _JobCallbacks(Callbacks):
 
     def on_status(self, text: str) -> None:
         self.job._update(self.job_id, message=text, log=text)
+
+    def on_warning(self, text: str) -> None:
+        self.job._warn(self.job_id, text)
 
     def on_step(self, info: StepInfo) -> None:
         self.job._step(self.job_id, info)
@@ -149,6 +152,7 @@ class TrainingJob:
             s["losses"] = list(s["losses"]) if losses else []
             s["previews"] = [dict(p) for p in s["previews"]]
             s["saved"] = list(s["saved"])
+            s["warnings"] = list(s["warnings"])
             s["log"] = list(self._log)
         return s
 
@@ -165,6 +169,15 @@ class TrainingJob:
             self._state.update(changes)
             if log:
                 self._log.append(log)
+            self._state["version"] += 1
+
+    def _warn(self, job_id: str, text: str) -> None:
+        with self._lock:
+            if self._state["job_id"] != job_id:
+                return
+            self._state["warnings"] = self._state["warnings"][-19:] + [text]
+            self._state["message"] = f"Warning: {text}"
+            self._log.append(f"warning: {text}")
             self._state["version"] += 1
 
     def _step(self, job_id: str, info: StepInfo) -> None:

@@ -194,6 +194,8 @@ def status_html(s: dict, host_info: Optional[dict] = None) -> str:
         extra += f"<div class='trainer-ext-muted'>Model: {esc(str(info['model']))}</div>"
     if state not in RUNNING and info.get("problem"):
         extra += f"<div class='trainer-ext-error'>{esc(str(info['problem']))}</div>"
+    for warning in (s.get("warnings") or [])[-3:]:       # e.g. a NaN preview: the run goes on, the user must know
+        extra += f"<div class='trainer-ext-warning'>Warning: {esc(str(warning))}</div>"
     return (f"<div class='trainer-ext-status' data-state='{state}'>"
             f"<div class='trainer-ext-progress'><div style='width:{pct:.1f}%'></div></div>"
             f"<div class='trainer-ext-numbers'>{' · '.join(parts)}</div>"
