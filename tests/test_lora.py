@@ -274,3 +274,58 @@ def test_bundle_bit_identical_after_run(tmp_path, method):
     assert {n: ("forward" in m.__dict__) for n, m in bundle.unet.named_modules()} == forwards
     assert not bundle.unet.training and not bundle.text_encoder.training
     assert all(not p.requires_grad for p in bundle.unet.parameters())
+
+
+def test_every_lora_gets_a_card_picture_from_its_training_images(tmp_path):
+    """Without preview prompts the WebUI's Lora card would be blank: a thumbnail of the training
+    images is written as <name>.png (no generation parameters: nothing was generated)."""
+    import numpy as np
+    from PIL import Image
+
+    from extensions_lib.data.images import load_rgb
+    from extensions_lib.export.sidecar import dataset_thumbnail
+
+    make_images(tmp_path / "data" / "1_sks", n=5)
+    cfg = quick_config(tmp_path / "data", tmp_path / "out", "lora", training__max_train_steps=1)
+    assert not cfg.sample.prompts
+    result = run_training(cfg, StandaloneHost(tiny_bundle()))
+    card = result.output_path.with_suffix(".png")
+    assert card.is_file()
+    with Image.open(card) as img:
+        assert img.size == (384, 384) and "parameters" not in img.info
+        got = np.asarray(img.convert("RGB"))
+    first_four = [load_rgb(tmp_path / "data" / "1_sks" / f"img{i}.png") for i in range(4)]
+    assert np.array_equal(got, np.asarray(dataset_thumbnail(first_four)))
+    assert got.std() > 10                                    # a picture, not a flat colour
+
+    one = dataset_thumbnail([Image.new("RGB", (300, 100), (200, 10, 10))], size=256)
+    assert one.size == (256, 256) and one.getpixel((128, 128)) == (200, 10, 10)
+
+
+@pytest.mark.parametrize("existing", ["test_lora.png", "test_lora.preview.png", "test_lora.jpg"])
+def test_a_users_card_picture_is_kept_unless_overwrite(tmp_path, existing):
+    from PIL import Image
+
+    make_images(tmp_path / "data" / "1_sks", n=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / existing
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(mine)
+    before = mine.read_bytes()
+    statuses = []
+
+    class Rec(Callbacks):
+        def on_status(self, text):
+            statuses.append(text)
+
+    cfg = quick_config(tmp_path / "data", out, "lora", training__max_train_steps=1)
+    result = run_training(cfg, StandaloneHost(tiny_bundle()), callbacks=Rec())
+    assert mine.read_bytes() == before
+    # nothing of ours hides the user's picture (the WebUI looks for <name>.png first)
+    assert existing == "test_lora.png" or not result.output_path.with_suffix(".png").exists()
+    assert any(s.startswith("kept the existing card picture") and existing in s for s in statuses), statuses
+
+    cfg.output.overwrite = True
+    result = run_training(cfg, StandaloneHost(tiny_bundle()))
+    with Image.open(result.output_path.with_suffix(".png")) as img:
+        assert img.size == (384, 384)

@@ -11,7 +11,7 @@ from .hashes import (
 )
 from .metadata import embedding_metadata, lora_metadata, modelspec_metadata
 from .naming import output_path, validate_output_name
-from .sidecar import existing_previews, write_lora_sidecar, write_preview_png
+from .sidecar import dataset_thumbnail, existing_previews, write_lora_sidecar, write_preview_png
 
 __all__ = [
     "OutputExistsError",
@@ -29,6 +29,7 @@ __all__ = [
     "modelspec_metadata",
     "output_path",
     "validate_output_name",
+    "dataset_thumbnail",
     "existing_previews",
     "write_lora_sidecar",
     "write_preview_png",

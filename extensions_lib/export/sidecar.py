@@ -99,3 +99,31 @@ def write_preview_png(model_path: str | os.PathLike[str], image: Any, *, overwri
     return atomic_write(
         preview_path(model_path), lambda tmp: img.save(tmp, format="PNG", pnginfo=pnginfo), overwrite=overwrite
     )
+
+
+THUMBNAIL_SIZE = 384
+
+
+def _center_square(image: Any, side: int) -> Any:
+    from PIL import Image
+
+    w, h = image.size
+    edge = min(w, h)
+    left, top = (w - edge) // 2, (h - edge) // 2
+    return image.crop((left, top, left + edge, top + edge)).resize((side, side), Image.LANCZOS)
+
+
+def dataset_thumbnail(images: list, size: int = THUMBNAIL_SIZE) -> Any:
+    """A card picture made from training images (RGB PIL images): each center-cropped square; four
+    or more make a 2x2 grid, fewer show the first one. For a LoRA trained without preview prompts."""
+    from PIL import Image
+
+    if not images:
+        raise ValueError("dataset_thumbnail needs at least one image")
+    if len(images) < 4:
+        return _center_square(images[0].convert("RGB"), size)
+    half = size // 2
+    grid = Image.new("RGB", (half * 2, half * 2))
+    for i, image in enumerate(images[:4]):
+        grid.paste(_center_square(image.convert("RGB"), half), ((i % 2) * half, (i // 2) * half))
+    return grid

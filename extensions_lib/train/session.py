@@ -13,8 +13,9 @@ import torch
 from ..config import ConfigError, TrainConfig
 from ..data.dataset import TrainDataset
 from ..data.folders import scan_dataset
+from ..data.images import ImageLoadError, load_rgb
 from ..export.atomic import OutputExistsError
-from ..export.sidecar import write_lora_sidecar, write_preview_png
+from ..export.sidecar import dataset_thumbnail, existing_previews, write_lora_sidecar, write_preview_png
 from ..hosts.base import Host
 from ..methods.base import make_method
 from ..model.bundle import SD2
@@ -123,8 +124,8 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
 
 def write_lora_extras(cfg: TrainConfig, data_scan, bundle, result: TrainResult, callbacks: Callbacks) -> None:
     """`<name>.json` (trigger words, weight, SD version: what the WebUI's card shows and uses) and
-    `<name>.png` (the last preview) beside the LoRA. A user's existing files are kept unless
-    overwrite is on."""
+    `<name>.png` (the last preview, else a thumbnail of the training images) beside the LoRA. A user's
+    existing files are kept unless overwrite is on."""
     trigger = cfg.output.trigger_words or ", ".join(dict.fromkeys(s.name for s in data_scan.train_subsets))
     notes = (f"{cfg.network.method} dim {cfg.network.dim} alpha {cfg.network.alpha:g}, {result.steps} steps "
              f"on {bundle.model_name or 'the loaded checkpoint'}")
@@ -132,12 +133,36 @@ def write_lora_extras(cfg: TrainConfig, data_scan, bundle, result: TrainResult, 
                                           preferred_weight=min(cfg.output.preferred_weight, 2.0),
                                           sd_version="SD2" if bundle.version == SD2 else "SD1", notes=notes,
                                           overwrite=cfg.output.overwrite)]
-    if result.previews:
-        prompt, image = result.previews[-1]
-        writers.append(lambda: write_preview_png(result.output_path, image, overwrite=cfg.output.overwrite,
-                                                 infotext=prompt))
+    # any picture the WebUI would show for this file (<name>.png, .preview.png, .jpg, ...) is the user's
+    kept = [] if cfg.output.overwrite else existing_previews(result.output_path)
+    if kept:
+        callbacks.on_status(f"kept the existing card picture: {kept[0]}")
+    else:
+        picture, infotext = card_picture(data_scan, result)
+        if picture is not None:
+            writers.append(lambda: write_preview_png(result.output_path, picture, overwrite=cfg.output.overwrite,
+                                                     infotext=infotext))
     for write in writers:
         try:
             write()
         except OutputExistsError as e:
             callbacks.on_status(f"kept the existing file: {e}")
+
+
+def card_picture(data_scan, result: TrainResult):
+    """(image, infotext) for the LoRA's card: the last finite preview with its prompt, else a
+    thumbnail of the first training images (no infotext: nothing was generated); (None, None) when
+    not one training image loads."""
+    if result.previews:
+        prompt, image = result.previews[-1]
+        return image, prompt
+    images = []
+    for subset in data_scan.train_subsets:
+        for item in subset.items:
+            try:
+                images.append(load_rgb(item.path))
+            except ImageLoadError:
+                continue
+            if len(images) == 4:
+                return dataset_thumbnail(images), None
+    return (dataset_thumbnail(images), None) if images else (None, None)
