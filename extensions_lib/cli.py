@@ -66,8 +66,8 @@ def cmd_train(args) -> int:
             data = scan(cfg)
             for row in data.summary():
                 print(row)
-            for p in data.problems:
-                print("skipped:", p)
+            for line in data.report(limit=len(data.problems)):
+                print(line)
             print("config OK")
             return 0
         dist = Dist.from_accelerate()

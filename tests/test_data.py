@@ -123,7 +123,43 @@ def test_bad_inputs_are_reported_by_file_with_reason(messy_scan, name, words):
 
 def test_ignored_files_are_silent(messy_scan):
     names = {p.path.name for p in messy_scan.problems}
-    assert not names & {"meta.json", "stray.txt", "x.png"}
+    assert not names & {"meta.json", "x.png"}
+
+
+def test_a_caption_without_an_image_is_reported(messy_scan):
+    problem = _problem_for(messy_scan, "stray.txt")
+    assert problem.kind == "orphan caption" and "without an image" in problem.reason
+    assert [p.path.name for p in messy_scan.orphan_captions] == ["stray.txt"]
+    assert "good.txt" not in {p.path.name for p in messy_scan.problems}
+
+
+def test_report_counts_and_names_every_skipped_file_and_orphan_caption(messy_scan):
+    lines = messy_scan.report()
+    assert lines[0] == ("9 training images (90 samples per epoch); 4 file(s) skipped; "
+                        "1 caption file(s) without an image")
+    skipped = {Path(line.split(": ")[1]).name: line for line in lines if line.startswith("skipped: ")}
+    assert set(skipped) == {"zero.png", "truncated.jpg", "notes.png", "loose.png"}
+    assert "damaged or incomplete" in skipped["truncated.jpg"]
+    assert any(line.startswith("caption without an image: ") and "stray.txt" in line for line in lines)
+    assert any(line.startswith("note: ") and "3_empty" in line for line in lines)
+
+
+def test_a_full_check_decodes_each_file_once_until_it_changes(tmp_path, monkeypatch):
+    from extensions_lib.data import images
+
+    sub = tmp_path / "1_x"
+    _solid(sub / "a.png")
+    (sub / "bad.jpg").write_bytes(_noise_jpeg_bytes()[:1500])
+    calls = []
+    real = images.load_rgb
+    monkeypatch.setattr(images, "load_rgb", lambda p: calls.append(Path(p).name) or real(p))
+    first = scan_dataset(tmp_path, check_images=True)
+    again = scan_dataset(tmp_path, check_images=True)
+    assert sorted(calls) == ["a.png", "bad.jpg"]               # the second scan decoded nothing
+    assert [str(p) for p in first.skipped] == [str(p) for p in again.skipped] and len(again.skipped) == 1
+    _solid(sub / "bad.jpg", (32, 32), BLUE, format="JPEG")      # the user repairs the file
+    fixed = scan_dataset(tmp_path, check_images=True)
+    assert fixed.num_train_images == 2 and not fixed.skipped
 
 
 def test_summary_rows(messy_scan):

@@ -21,6 +21,7 @@ from extensions_lib.export.atomic import OutputExistsError
 from extensions_lib.hosts.base import Host, HostError
 from extensions_lib.hosts.standalone import StandaloneHost
 from extensions_lib.train.events import Callbacks
+from extensions_lib.train.session import run_training
 from extensions_lib.ui import compat
 from extensions_lib.ui.fields import SPECS, config_to_values, values_to_config
 from extensions_lib.ui.job import JobBusyError, TrainingJob
@@ -530,3 +531,49 @@ def test_a_warning_of_the_run_reaches_the_status_log_and_tab():
     assert s["warnings"] == ["preview 'sks' at step 4: the decoded image contain NaN/inf"]
     assert s["log"][-1].startswith("warning: preview 'sks'")
     assert "trainer-ext-warning" in status_html(s) and "NaN/inf" in status_html(s)
+
+
+def test_summary_start_and_run_count_the_same_and_name_what_they_leave_out(tmp_path):
+    """A truncated JPEG used to pass the summary's header check and vanish silently from the run
+    (190 in the summary, 187 trained); an orphan caption was never mentioned."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from extensions_lib.ui.job import preflight
+    from extensions_lib.ui.summary import dataset_summary, summary_html
+
+    sub = make_images(tmp_path / "data" / "1_sks", n=3, size=64)
+    noise = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "JPEG", quality=95)
+    (sub / "cut.jpg").write_bytes(buf.getvalue()[:1500])           # header fine, data cut off
+    (sub / "cut.txt").write_text("a photo of sks", encoding="utf-8")
+    (sub / "ghost.txt").write_text("a caption whose image was deleted", encoding="utf-8")
+
+    cfg = quick_config(tmp_path / "data", tmp_path / "out", training__max_train_epochs=2)
+    summary = dataset_summary(cfg)
+    assert summary["totals"]["images"] == 3 and summary["totals"]["total_steps"] == 6
+    assert any("cut.jpg" in p and "damaged" in p for p in summary["problems"])
+    assert any("ghost.txt" in p and "without an image" in p for p in summary["problems"])
+    html = summary_html(summary)
+    assert "1 file(s) skipped, 1 caption file(s) without an image" in html and "ghost.txt" in html
+
+    host = StandaloneHost(tiny_bundle())
+    assert preflight(cfg, host)[:2] == (6, 2)
+
+    warnings, statuses = [], []
+
+    class Rec(Callbacks):
+        def on_warning(self, text):
+            warnings.append(text)
+
+        def on_status(self, text):
+            statuses.append(text)
+
+    result = run_training(cfg, host, callbacks=Rec())
+    assert result.steps == 6
+    assert any(w.startswith("skipped: ") and "cut.jpg" in w for w in warnings), warnings
+    assert any(w.startswith("caption without an image: ") and "ghost.txt" in w for w in warnings), warnings
+    assert statuses[0].startswith("dataset: 3 training images (3 samples per epoch); 1 file(s) skipped")

@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
-from .images import ImageLoadError, is_image_file, load_rgb, probe_size
+from .images import ImageLoadError, is_image_file, probe_size, verified_size
 
 PathLike = Union[str, Path]
 
@@ -32,10 +32,17 @@ class DatasetError(Exception):
     """The dataset cannot be trained on; the message names the path and the fix."""
 
 
+ORPHAN_CAPTION = "orphan caption"
+SKIPPED = "skipped"
+
+
 @dataclass
 class Problem:
     path: Path
     reason: str
+    # SKIPPED: an image (or its caption) not used; ORPHAN_CAPTION: a caption file with no image;
+    # "note": anything else worth knowing (an ignored folder, an empty caption file, ...)
+    kind: str = "note"
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
@@ -100,12 +107,40 @@ class DatasetScan:
         """Regularization images x repeats (kohya's ss_num_reg_images)."""
         return sum(len(s.items) * s.repeats for s in self.reg_subsets)
 
+    @property
+    def skipped(self) -> list[Problem]:
+        """Image files (and images whose caption cannot be read) that are not trained on."""
+        return [p for p in self.problems if p.kind == SKIPPED]
+
+    @property
+    def orphan_captions(self) -> list[Problem]:
+        """Caption files whose image is missing: their text is not used."""
+        return [p for p in self.problems if p.kind == ORPHAN_CAPTION]
+
+    def report(self, limit: int = 20) -> list[str]:
+        """What the user must know about the files, one line each: counts, then every skipped file
+        and orphan caption by name with the reason, then the other notes (at most `limit` lines of
+        files). The tab's summary, the job log, the CLI and the run all show these lines."""
+        lines = [f"{self.num_train_images} training images ({self.num_train_samples} samples per epoch)"
+                 + (f", {self.num_reg_images} regularization images" if self.reg_subsets else "")
+                 + (f"; {len(self.skipped)} file(s) skipped" if self.skipped else "")
+                 + (f"; {len(self.orphan_captions)} caption file(s) without an image"
+                    if self.orphan_captions else "")]
+        ordered = self.skipped + self.orphan_captions + [p for p in self.problems
+                                                         if p.kind not in (SKIPPED, ORPHAN_CAPTION)]
+        labels = {SKIPPED: "skipped", ORPHAN_CAPTION: "caption without an image"}
+        lines += [f"{labels.get(p.kind, 'note')}: {p}" for p in ordered[:limit]]
+        if len(ordered) > limit:
+            lines.append(f"… and {len(ordered) - limit} more")
+        return lines
+
     def summary(self) -> list[dict]:
         """One row per subfolder for the UI table."""
         rows = []
         for s in self.subsets:
             with_caption = sum(1 for it in s.items if it.has_caption_file)
-            unreadable = sum(1 for p in self.problems if p.path.parent == s.path and is_image_file(p.path))
+            unreadable = sum(1 for p in self.problems if p.path.parent == s.path and p.kind == SKIPPED)
+            orphans = sum(1 for p in self.problems if p.path.parent == s.path and p.kind == ORPHAN_CAPTION)
             rows.append({
                 "folder": s.folder_name,
                 "kind": "regularization" if s.is_reg else "training",
@@ -114,6 +149,7 @@ class DatasetScan:
                 "captions found": with_caption,
                 "captions missing": len(s.items) - with_caption,
                 "unreadable": unreadable,
+                "captions without image": orphans,
             })
         return rows
 
@@ -155,10 +191,10 @@ def _caption_for(image: Path, fallback: str, caption_exts: list[str],
             text = read_caption(caption_path)
         except UnicodeDecodeError:
             problems.append(Problem(caption_path, "caption is not UTF-8 text; re-save it as UTF-8 "
-                                                  "(the image is skipped until then)"))
+                                                  "(the image is skipped until then)", SKIPPED))
             return None
         except OSError as e:
-            problems.append(Problem(caption_path, f"cannot read the caption ({e}); the image is skipped"))
+            problems.append(Problem(caption_path, f"cannot read the caption ({e}); the image is skipped", SKIPPED))
             return None
         if text:
             return text, True
@@ -169,14 +205,14 @@ def _caption_for(image: Path, fallback: str, caption_exts: list[str],
 
 def _image_size(path: Path, check_images: bool) -> Union[tuple[int, int], ImageLoadError]:
     try:
-        return load_rgb(path).size if check_images else probe_size(path)
+        return verified_size(path) if check_images else probe_size(path)
     except ImageLoadError as e:
         return e
 
 
 def _scan_subset(subset: Subset, caption_exts: list[str], check_images: bool,
                  problems: list[Problem]) -> None:
-    images = []
+    images, captions = [], []
     for entry in sorted(subset.path.iterdir(), key=lambda p: p.name):
         if entry.name.startswith("."):
             continue  # hidden files, e.g. macOS "._x.png" resource forks
@@ -185,7 +221,16 @@ def _scan_subset(subset: Subset, caption_exts: list[str], check_images: bool,
                                            f"move its images into {subset.path.name}"))
         elif is_image_file(entry):
             images.append(entry)
-        # anything else (captions, .json, .npz, ...) is not an image: ignored
+        elif entry.suffix.lower() in caption_exts:
+            captions.append(entry)
+        # anything else (.json, .npz, ...) is not an image: ignored
+
+    image_stems = {p.with_suffix("") for p in images}
+    for caption in captions:
+        if caption.with_suffix("") not in image_stems:
+            problems.append(Problem(caption, "caption file without an image of the same name "
+                                             f"({caption.stem}.png/.jpg/...); its text is not used",
+                                    ORPHAN_CAPTION))
 
     # Pillow releases the GIL while decoding, so threads make a full check of a big folder faster.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -193,7 +238,7 @@ def _scan_subset(subset: Subset, caption_exts: list[str], check_images: bool,
 
     for entry, size in zip(images, sizes):
         if isinstance(size, ImageLoadError):
-            problems.append(Problem(entry, f"{size.reason}; the image is skipped"))
+            problems.append(Problem(entry, f"{size.reason}; the image is skipped", SKIPPED))
             continue
 
         found = _caption_for(entry, subset.class_words, caption_exts, problems)
@@ -248,7 +293,7 @@ def _scan_root(root: Path, is_reg: bool, caption_exts: list[str], check_images: 
                                    f"rename it to e.g. 10_{p.name}"))
     for p in loose_images:
         problems.append(Problem(p, "images directly in the top folder are ignored; move it into a "
-                                   "<repeats>_<name> subfolder"))
+                                   "<repeats>_<name> subfolder", SKIPPED))
     if not any(s.items for s in subsets):
         raise DatasetError(
             f"{kind} folder {root} has no usable image (checked "
@@ -262,7 +307,9 @@ def scan_dataset(train_dir: PathLike, reg_dir: Optional[PathLike] = None, captio
     """Scan the training (and optional regularization) folder.
 
     check_images=True fully decodes every image (slower, but a truncated file is caught here
-    rather than in the middle of a run); False only reads headers.
+    rather than in the middle of a run; each file is decoded once until it changes, see
+    images.verified_size); False only reads headers. Everything that shows the user a count (the
+    tab's summary, the start checks, the run) scans with True, so the counts agree.
     """
     problems: list[Problem] = []
     caption_exts = _caption_extensions(caption_extension)

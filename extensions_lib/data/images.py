@@ -167,3 +167,43 @@ def probe_size(path: PathLike) -> tuple[int, int]:
         if _exif_orientation(img) in _SWAPPING_ORIENTATIONS:
             width, height = height, width
     return width, height
+
+
+# path -> ((size in bytes, mtime ns), (width, height) or the ImageLoadError): a file is decoded once
+# per change, so the tab's dataset summary, the start checks and the run all see the same verdict
+# without decoding a big folder three times.
+_VERIFIED: dict = {}
+_VERIFIED_LOCK = threading.Lock()
+_VERIFIED_MAX = 200_000
+
+
+def verified_size(path: PathLike) -> tuple[int, int]:
+    """(width, height) as load_rgb returns it, after a full decode (so a truncated file fails
+    here, not in the middle of a run). Remembered per file until its size or mtime changes;
+    raises ImageLoadError for a file that cannot be used."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        stamp = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        stamp = None
+    key = str(path.absolute())
+    if stamp is not None:
+        with _VERIFIED_LOCK:
+            hit = _VERIFIED.get(key)
+        if hit is not None and hit[0] == stamp:
+            if isinstance(hit[1], ImageLoadError):
+                raise hit[1]
+            return hit[1]
+    try:
+        result = load_rgb(path).size
+    except ImageLoadError as e:
+        result = e
+    if stamp is not None:
+        with _VERIFIED_LOCK:
+            if len(_VERIFIED) >= _VERIFIED_MAX:
+                _VERIFIED.clear()
+            _VERIFIED[key] = (stamp, result)
+    if isinstance(result, ImageLoadError):
+        raise result
+    return result

@@ -37,9 +37,24 @@ def build_dataset(cfg: TrainConfig, scan) -> TrainDataset:
 
 
 def scan(cfg: TrainConfig, *, check_images: bool = True):
+    """The dataset scan every count the user sees comes from (the tab's summary, the start checks,
+    the run): images fully decoded once per file change, so a damaged one is skipped in all of them."""
     d = cfg.data
-    return scan_dataset(Path(d.train_dir), Path(d.reg_dir) if d.reg_dir else None,
-                        caption_extension=d.caption_extension, check_images=check_images)
+    reg = (d.reg_dir or "").strip()
+    return scan_dataset(Path(d.train_dir.strip()), Path(reg) if reg else None,
+                        caption_extension=d.caption_extension or ".txt", check_images=check_images)
+
+
+def report_dataset(data_scan, callbacks: Callbacks) -> None:
+    """Tell the user what the run trains on and, by name with the reason, every file it leaves out
+    (a damaged image, a caption with no image): warnings, so the tab and the console show them."""
+    lines = data_scan.report()
+    callbacks.on_status("dataset: " + lines[0])
+    for line in lines[1:]:
+        if line.startswith(("skipped:", "caption without an image:")):
+            callbacks.on_warning(line)
+        else:
+            callbacks.on_status(line)
 
 
 def check_before_model(cfg: TrainConfig, host: Host, *, check_images: bool = True):
@@ -92,6 +107,8 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
     callbacks = callbacks or Callbacks()
     dist = dist or Dist()
     data_scan, method = check_before_model(cfg, host)
+    if dist.is_main:
+        report_dataset(data_scan, callbacks)
     out_dir = host.output_dir(method.kind, cfg)
 
     with host.exclusive(), host.borrow_bundle(cfg) as bundle:

@@ -262,13 +262,10 @@ def preflight(cfg: TrainConfig, host: Host) -> tuple[int, int, list[str]]:
     from ..train.loop import plan_steps
     from ..train.session import build_dataset, check_before_model
 
-    # headers only: fast on big folders; the run's own scan decodes every image
-    scan, _ = check_before_model(cfg, host, check_images=False)
+    # the same scan as the run's (each image decoded once per change; the tab's summary has
+    # usually done it already), so the step count here is the run's; the run names skipped files
+    scan, _ = check_before_model(cfg, host)
     dataset = build_dataset(cfg, scan)
     _, total, epochs = plan_steps(cfg, dataset.steps_per_epoch())
-    log = [f"dataset: {scan.num_train_images} images ({dataset.num_train_samples} samples per epoch), "
-           f"{scan.num_reg_images} regularization images; {total} steps in {epochs} epochs"]
-    log += [f"skipped: {p}" for p in scan.problems[:20]]
-    if len(scan.problems) > 20:
-        log.append(f"… and {len(scan.problems) - 20} more dataset problems")
+    log = [f"{total} steps in {epochs} epochs"]
     return total, epochs, log
