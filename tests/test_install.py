@@ -44,14 +44,16 @@ def installs(installed, env=PY311):
 def test_webui_110_pins_get_diffusers_0303_and_no_pin_is_touched():
     got = installs(A1111)
     assert got["diffusers"] == "diffusers==0.30.3"
-    assert got["lycoris-lora"] == "lycoris-lora==4.1.3"
+    assert got["lycoris-lora"] == "lycoris-lora==4.0.0"   # 4.1 needs torch >= 2.4 to import
     assert got["bitsandbytes"] == "bitsandbytes==0.45.3"  # 0.50 would pull torch >= 2.4
     assert not set(got) & {ip.canonical_name(n) for n in A1111}
 
 
 def test_forge_gets_diffusers_0310():
     assert installs(FORGE)["diffusers"] == "diffusers==0.31.0"
+    assert installs(FORGE)["lycoris-lora"] == "lycoris-lora==4.0.0"    # Forge's torch 2.3.1
     assert installs({**FORGE, "torch": "2.4.1"})["bitsandbytes"] == "bitsandbytes==0.50.2"
+    assert installs({**FORGE, "torch": "2.4.1"})["lycoris-lora"] == "lycoris-lora==4.1.3"
 
 
 def test_present_package_is_never_reinstalled_even_at_another_version():
@@ -147,7 +149,7 @@ def test_install_on_webui_110_installs_missing_and_keeps_pins(monkeypatch, capsy
     calls, constraints, env, code = run_install(A1111, monkeypatch)
     assert code == 0
     got = targets(calls)
-    assert "diffusers==0.30.3" in got and "lycoris-lora==4.1.3" in got
+    assert "diffusers==0.30.3" in got and "lycoris-lora==4.0.0" in got
     for name, version in A1111.items():  # nothing the host pins was asked for or changed
         assert not any(t.split("==")[0].lower() == name.lower() for t in got)
         assert env[name] == version
@@ -183,7 +185,7 @@ def test_failed_optional_install_warns_and_goes_on(monkeypatch, capsys):
 def test_failed_required_install_exits_nonzero_with_the_manual_command(monkeypatch, capsys):
     _, _, env, code = run_install(A1111, monkeypatch, fail={"diffusers"})
     assert code == 1
-    assert env["lycoris-lora"] == "4.1.3"
+    assert env["lycoris-lora"] == "4.0.0"
     err = capsys.readouterr().err
     assert "could not install diffusers==0.30.3" in err and '-m pip install "diffusers==0.30.3"' in err
 
