@@ -81,6 +81,7 @@ def test_data_parallel_two_cpu_processes(tmp_path):
               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "extensions_lib", "train", str(cfg)])
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files == ["test_lora.json", "test_lora.safetensors"]  # only the main process writes
+    # only the main process writes (the card picture is a thumbnail of the training images)
+    assert files == ["test_lora.json", "test_lora.png", "test_lora.safetensors"]
     with safe_open(str(tmp_path / "out" / "test_lora.safetensors"), "pt") as f:
         assert f.metadata()["ss_steps"] == "4"
