@@ -1,13 +1,16 @@
-"""Step time and peak memory of LoRA training on a full SD1.5-shaped model (random weights).
+"""Step time and peak memory of LoRA-family training on a full SD1.5-shaped model (random weights).
 
-Settings match the sd-scripts figures in the issue: 8 images, LoRA rank 16 (alpha 8) on UNet + text
-encoder, batch 1, AdamW, SDPA attention, latents cached. Each configuration runs in its own process
-so peak RSS is that configuration's alone.
+Settings match the sd-scripts figures in the issue: 8 images, rank 16 (alpha 8) on UNet + text
+encoder, batch 1, AdamW, SDPA attention, latents cached; LoCon/LoHa/LoKr add the resnet and sampler
+convolutions at conv rank 8 (alpha 4). Each configuration runs in its own process so peak RSS is
+that configuration's alone.
 
     python bench/bench_train.py                      # the full matrix (slow on 2 CPU cores: ~25 min)
     python bench/bench_train.py --one 256 no 0      # one configuration: resolution, precision, checkpointing
     python bench/bench_train.py --one 256 bf16 0 --without attention,heap   # what those CPU fast paths are worth
     python bench/bench_train.py --one 256 bf16 0 --alternate "/attention/heap" --rounds 4
+    python bench/bench_train.py --methods lora,locon,loha,lokr --only 256:bf16:0,256:no:0   # one table
+    python bench/bench_train.py --one 256 bf16 0 --method loha --lycoris-forward   # lycoris' own LoHa forward
 
 --alternate runs the listed --without sets in turn inside one process (here: all paths on, attention
 off, heap off), round after round, and prints each one's median and best step. On a shared VM whose
@@ -37,7 +40,7 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def prepare(res: int, precision: str, checkpointing: int, total_steps: int) -> dict:
+def prepare(res: int, precision: str, checkpointing: int, total_steps: int, method: str = "lora") -> dict:
     """The model, LoRA, dataset (latents cached) and config of one benchmark configuration."""
     import numpy as np
     import torch
@@ -65,8 +68,9 @@ def prepare(res: int, precision: str, checkpointing: int, total_steps: int) -> d
     cfg.data.train_dir = str(tmp / "data")
     cfg.data.resolution = res
     cfg.data.enable_buckets = False
-    cfg.network.method = "lora"
+    cfg.network.method = method
     cfg.network.dim, cfg.network.alpha = 16, 8
+    cfg.network.conv_dim, cfg.network.conv_alpha = 8, 4
     cfg.training.train_batch_size = 1
     cfg.training.optimizer = "adamw"
     cfg.training.mixed_precision = precision
@@ -118,14 +122,14 @@ def train_steps(run: dict) -> tuple[list[float], object]:
     return times, result
 
 
-def one(res: int, precision: str, checkpointing: int, steps: int, warmup: int) -> dict:
-    run = prepare(res, precision, checkpointing, warmup + steps)
+def one(res: int, precision: str, checkpointing: int, steps: int, warmup: int, method: str = "lora") -> dict:
+    run = prepare(res, precision, checkpointing, warmup + steps, method)
     trainable = sum(p.numel() for p in run["method"].trainable_parameters())
     times, result = train_steps(run)
     run["method"].detach()
     steady = times[warmup:]
     return {
-        "resolution": res, "precision": precision, "grad_checkpointing": bool(checkpointing),
+        "method": method, "resolution": res, "precision": precision, "grad_checkpointing": bool(checkpointing),
         "s_per_step": sum(steady) / len(steady), "median_s_per_step": statistics.median(steady),
         "step_times": [round(x, 3) for x in times], "first_step_s": times[0], "peak_rss_gib": peak_rss_gib(),
         "build_s": run["build_s"], "latent_cache_s_per_image": run["cache_s"], "steps": result.steps,
@@ -162,7 +166,14 @@ def main() -> None:
                    "small_convs,pointwise_convs,attention,heap")
     p.add_argument("--alternate", default="", help="with --one: '/'-separated --without sets to alternate in one process")
     p.add_argument("--rounds", type=int, default=4, help="with --alternate: how many times each set runs")
+    p.add_argument("--method", default="lora", choices=["lora", "locon", "loha", "lokr"], help="with --one")
+    p.add_argument("--methods", default="lora", help="comma list of methods for the matrix, e.g. lora,loha")
+    p.add_argument("--lycoris-forward", action="store_true",
+                   help="LoHa/LoKr through lycoris' own rebuild forward instead of ours (to compare)")
     args = p.parse_args()
+    if args.lycoris_forward:
+        import extensions_lib.methods.lora as lora_method
+        lora_method.use_merged_forward = lambda loras: 0
     from extensions_lib.train.cpu_fast_paths import ENABLED
     variants = args.alternate.split("/") if args.alternate else [args.without]
     for name in {n for v in variants for n in v.split(",") if n}:
@@ -180,24 +191,27 @@ def main() -> None:
         return
     if args.one:
         res, prec, ck = args.one
-        print(json.dumps(one(int(res), prec, int(ck), args.steps, args.warmup)))
+        print(json.dumps(one(int(res), prec, int(ck), args.steps, args.warmup, args.method)))
         return
     matrix = MATRIX
     if args.only:
         wanted = {tuple(x.split(":")) for x in args.only.split(",")}
         matrix = [m for m in MATRIX if (str(m[0]), m[1], str(m[2])) in wanted]
-    print(f"{'res':>4} {'precision':>9} {'ckpt':>5} {'s/step':>7} {'peak RSS GiB':>12} {'cache s/img':>11}")
-    for res, prec, ck in matrix:
-        out = subprocess.run([sys.executable, __file__, "--one", str(res), prec, str(ck), "--steps", str(args.steps),
-                              "--warmup", str(args.warmup), "--without", args.without], capture_output=True, text=True,
-                             env=dict(os.environ, PYTHONWARNINGS="ignore"))
-        line = [x for x in out.stdout.splitlines() if x.startswith("{")]
-        if not line:
-            print(f"{res:>4} {prec:>9} {ck:>5}  failed: {out.stderr[-800:]}")
-            continue
-        r = json.loads(line[-1])
-        print(f"{res:>4} {prec:>9} {ck:>5} {r['s_per_step']:>7.2f} {r['peak_rss_gib']:>12.2f} "
-              f"{r['latent_cache_s_per_image']:>11.2f}", flush=True)
+    print(f"{'method':>6} {'res':>4} {'precision':>9} {'ckpt':>5} {'s/step':>7} {'peak RSS GiB':>12} "
+          f"{'cache s/img':>11} {'trainable':>10}")
+    for method in args.methods.split(","):
+        for res, prec, ck in matrix:
+            cmd = [sys.executable, __file__, "--one", str(res), prec, str(ck), "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--without", args.without, "--method", method]
+            out = subprocess.run(cmd + (["--lycoris-forward"] if args.lycoris_forward else []),
+                                 capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+            line = [x for x in out.stdout.splitlines() if x.startswith("{")]
+            if not line:
+                print(f"{method:>6} {res:>4} {prec:>9} {ck:>5}  failed: {out.stderr[-800:]}")
+                continue
+            r = json.loads(line[-1])
+            print(f"{method:>6} {res:>4} {prec:>9} {ck:>5} {r['s_per_step']:>7.2f} {r['peak_rss_gib']:>12.2f} "
+                  f"{r['latent_cache_s_per_image']:>11.2f} {r['trainable_params'] / 1e6:>9.2f}M", flush=True)
 
 
 if __name__ == "__main__":

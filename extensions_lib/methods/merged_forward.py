@@ -19,6 +19,7 @@ lycoris' own forward.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import partial
 
 import torch
@@ -36,9 +37,15 @@ def merged_eligible(lora) -> bool:
                  or (lora.module_type in _CONVS and getattr(base, "padding_mode", "zeros") == "zeros")))
 
 
+# devices whose autocast state we read and switch off around our own casts
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
 def _autocast_dtype(device: torch.device, fallback: torch.dtype) -> torch.dtype:
     """The dtype the base layer's own op would compute in here (autocast's, else its weight's)."""
     kind = device.type
+    if kind not in _AUTOCAST_DEVICES:
+        return fallback
     try:  # torch >= 2.4
         on, dtype = torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
     except (TypeError, AttributeError):  # the WebUI's torch 2.1
@@ -49,9 +56,13 @@ def _autocast_dtype(device: torch.device, fallback: torch.dtype) -> torch.dtype:
     return dtype if on else fallback
 
 
+def _no_autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, enabled=False) if device.type in _AUTOCAST_DEVICES else nullcontext()
+
+
 def _delta(lora, scale: float) -> torch.Tensor:
     """m·ΔW in the factors' precision, by lycoris' own formula for the module."""
-    with torch.autocast(device_type=lora.device.type, enabled=False):
+    with _no_autocast(lora.device):
         return lora.get_weight(lora.shape) * (lora.scalar * scale)
 
 
@@ -69,7 +80,7 @@ class _MergedOp(torch.autograd.Function):
             weight = _merged(lora, _delta(lora, scale), dtype)
         bias = lora._current_bias()
         bias = None if bias is None else bias.to(dtype)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with _no_autocast(x.device):
             y = lora.op(x.to(dtype), weight, bias, **lora.kw_dict)
         ctx.save_for_backward(x)
         ctx.lora, ctx.scale, ctx.params = lora, scale, params
