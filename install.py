@@ -6,8 +6,9 @@ it afterwards; a non-zero exit is reported as "Error running install.py" and sta
 It does not run under --skip-install.
 
 What gets installed is decided by extensions_lib/install_plan.py from requirements-extension.txt:
-only missing packages, never a new version of something present, with the host's pinned packages
-held by a pip constraints file.
+only missing packages, never a new version of something present (except a version of ours pinned for
+other hosts that cannot work on this one: see install_plan), with the host's pinned packages held by a
+pip constraints file.
 """
 import importlib.metadata
 import importlib.util
@@ -72,7 +73,7 @@ def main() -> int:
     protected = plan_mod.protected_names(pin_lines)
 
     installed = _installed(plan_mod.names_to_query(requirements, protected))
-    decisions = plan_mod.plan(requirements, installed)
+    decisions = plan_mod.plan(requirements, installed, protected=protected)
     to_install = [d for d in decisions if d.action == "install"]
     for d in decisions:
         if d.action == "unsupported":

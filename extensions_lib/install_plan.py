@@ -3,7 +3,10 @@
 The WebUI pins its own packages (torch, transformers, gradio, ...) and reinstalls every pin that
 differs at each start, so an extension that changes one causes reinstall loops. The rules here:
 
-- a package that is already installed is never installed again, whatever its version;
+- a package that is already installed is never installed again, whatever its version, with one
+  exception: a line marked ``@strict`` says its version cannot work where its ``@when`` fails (e.g.
+  lycoris-lora 4.1.3 needs torch >= 2.4); found installed on such a host (an earlier install of ours),
+  it is replaced by the line that holds there — never for a package the host pins;
 - a missing package gets the version known to work with what the host has (``@when`` conditions);
 - every pip call carries a constraints file that holds the host's pinned packages at their
   installed versions, so pip fails instead of upgrading one of them as a dependency.
@@ -73,6 +76,7 @@ class Alternative:
     marker: Optional[Marker] = None
     when: tuple = ()                # Condition, all must hold
     optional: bool = False
+    strict: bool = False            # this version cannot work where `when` fails: replace it there
     line: str = ""                  # "<file>:<line>" for error messages
 
 
@@ -109,7 +113,7 @@ class Requirements:
 def parse_requirements(lines: Iterable[str], source: str = "requirements") -> Requirements:
     """Parse the extension's requirement lines.
 
-    Format: ``name==version [; pip-marker] [@when pkg<spec>[, pkg<spec>]] [@optional]``, ``#`` comments.
+    Format: ``name==version [; pip-marker] [@when pkg<spec>[, pkg<spec>]] [@strict] [@optional]``, ``#`` comments.
     """
     reqs = Requirements()
     for number, raw in enumerate(lines, start=1):
@@ -118,6 +122,7 @@ def parse_requirements(lines: Iterable[str], source: str = "requirements") -> Re
             continue
         where = f"{source}:{number}"
         optional = False
+        strict = False
         when: list = []
         parts = re.split(r"\s+(?=@)", text)
         head, flags = parts[0].strip(), parts[1:]
@@ -125,10 +130,12 @@ def parse_requirements(lines: Iterable[str], source: str = "requirements") -> Re
             flag = flag.strip()
             if flag == "@optional":
                 optional = True
+            elif flag == "@strict":
+                strict = True
             elif flag.startswith("@when "):
                 when += _parse_conditions(flag[len("@when "):], where)
             else:
-                raise ValueError(f"{where}: unknown flag {flag!r}; use '@when <package><specifier>' or '@optional'")
+                raise ValueError(f"{where}: unknown flag {flag!r}; use '@when <package><specifier>', '@strict' or '@optional'")
         try:
             req = Requirement(head)
         except InvalidRequirement as e:
@@ -141,7 +148,7 @@ def parse_requirements(lines: Iterable[str], source: str = "requirements") -> Re
             raise ValueError(f"{where}: {name} is installed by the WebUI itself; remove it from the extension's requirements")
         reqs.by_name.setdefault(name, []).append(Alternative(
             name=name, spec=f"{req.name}=={pins[0].version}", marker=req.marker,
-            when=tuple(when), optional=optional, line=where))
+            when=tuple(when), optional=optional, strict=strict, line=where))
     return reqs
 
 
@@ -170,19 +177,53 @@ def normalize_installed(installed: Mapping[str, Optional[str]]) -> dict:
     return {canonical_name(k): (v or "") for k, v in installed.items()}
 
 
+def _pinned_version(alternative: Alternative) -> Optional[Version]:
+    try:
+        return Version(alternative.spec.split("==", 1)[1])
+    except InvalidVersion:
+        return None
+
+
+def _stale_own_pin(alternatives: list, have: dict, environment: Optional[dict]) -> Optional[Decision]:
+    """An install Decision when the installed version is exactly a @strict line whose @when fails on
+    this host (and no line with that version holds) while another line holds; else None."""
+    name = alternatives[0].name
+    try:
+        version = Version(have[name])
+    except InvalidVersion:
+        return None
+    applicable = [a for a in alternatives if a.marker is None or a.marker.evaluate(environment)]
+    holds = [a for a in applicable if all(c.holds(have) for c in a.when)]
+    same = [a for a in applicable if _pinned_version(a) == version]
+    if not any(a.strict for a in same) or not holds or any(a in holds for a in same):
+        return None
+    chosen = holds[0]
+    failed = sorted({f"{c}, this host has {c.package} {have.get(c.package) or 'none'}"
+                     for a in same if a.strict for c in a.when if not c.holds(have)})
+    return Decision(name, "install", f"{have[name]} installed needs {'; '.join(failed)}: replaced by the version "
+                    f"tested here", spec=chosen.spec, optional=chosen.optional)
+
+
 def plan(requirements: "Sequence[str] | Requirements", installed: Mapping[str, Optional[str]],
-         environment: Optional[dict] = None) -> list:
+         environment: Optional[dict] = None, protected: Iterable[str] = ()) -> list:
     """One Decision per package of the requirement list, in file order.
 
     `installed` maps distribution names to versions ("" or None when the version is unknown but
     the package is importable: it still counts as present). `environment` overrides pip marker
-    variables (python_version, sys_platform, ...) for tests.
+    variables (python_version, sys_platform, ...) for tests. `protected`: the host's pinned names,
+    never replaced, not even at a @strict version.
     """
     reqs = requirements if isinstance(requirements, Requirements) else parse_requirements(requirements)
     have = normalize_installed(installed)
+    held = {canonical_name(n) for n in protected}
     decisions = []
     for name, alternatives in reqs.by_name.items():
         optional = all(a.optional for a in alternatives)
+        if name in have and have[name] and name not in held:
+            stale = _stale_own_pin(alternatives, have, environment)
+            if stale is not None:
+                decisions.append(stale)
+                continue
         if name in have:
             version = have[name] or "unknown version"
             decisions.append(Decision(name, "present", f"{version} already installed, left as it is", optional=optional))
@@ -204,9 +245,11 @@ def plan(requirements: "Sequence[str] | Requirements", installed: Mapping[str, O
 
 
 def plan_installs(requirements: "Sequence[str] | Requirements", installed: Mapping[str, Optional[str]],
-                  constraints_file: Optional[str] = None, environment: Optional[dict] = None) -> list:
+                  constraints_file: Optional[str] = None, environment: Optional[dict] = None,
+                  protected: Iterable[str] = ()) -> list:
     """pip argument strings, one pip call per package to install (so an optional failure stays alone)."""
-    return [d.pip_args(constraints_file) for d in plan(requirements, installed, environment) if d.action == "install"]
+    return [d.pip_args(constraints_file) for d in plan(requirements, installed, environment, protected)
+            if d.action == "install"]
 
 
 def host_pinned_names(pin_file_lines: Iterable[str]) -> set:

@@ -64,13 +64,35 @@ def test_present_package_is_never_reinstalled_even_at_another_version():
     assert "0.25.0" in decisions["diffusers"].reason
 
 
+def test_a_strict_version_that_cannot_work_on_this_torch_is_replaced():
+    """lycoris-lora 4.1.3 (what an earlier install of ours put on every host) fails to import on torch < 2.4."""
+    decisions = {d.name: d for d in ip.plan(REQUIREMENTS, {**A1111, "lycoris-lora": "4.1.3"}, PY311)}
+    assert decisions["lycoris-lora"].action == "install"
+    assert decisions["lycoris-lora"].spec == "lycoris-lora==4.0.0"
+    assert "needs torch>=2.4, this host has torch 2.1.2+cu121" in decisions["lycoris-lora"].reason
+    for have in ({**A1111, "lycoris-lora": "4.0.0"}, {**A1111, "torch": "2.4.1", "lycoris-lora": "4.1.3"},
+                 {**A1111, "lycoris-lora": "4.1.2"}):   # fits, or not a version of ours: left alone
+        assert {d.name: d for d in ip.plan(REQUIREMENTS, have, PY311)}["lycoris-lora"].action == "present"
+    held = ip.plan(REQUIREMENTS, {**A1111, "lycoris-lora": "4.1.3"}, PY311, protected={"Lycoris_Lora"})
+    assert {d.name: d for d in held}["lycoris-lora"].action == "present"   # a host pin is never moved
+
+
+def test_only_strict_lines_replace_a_present_version():
+    reqs = ["x==1.0 @when torch>=2.4", "x==0.9 @when torch<2.4"]
+    assert ip.plan(reqs, {"torch": "2.1.2", "x": "1.0"})[0].action == "present"
+    bad = ip.plan(reqs[:1] + ["y==2 @when torch<2.0"], {"torch": "2.1.2", "x": "1.0"})
+    assert bad[0].action == "present"
+    with pytest.raises(ValueError, match="'@strict' or '@optional'"):
+        ip.parse_requirements(["x==1 @stric"], source="reqs.txt")
+
+
 def test_present_without_version_counts_as_present():
     decisions = {d.name: d for d in ip.plan(REQUIREMENTS, {**A1111, "diffusers": None}, PY311)}
     assert decisions["diffusers"].action == "present"
 
 
 def test_nothing_missing_nothing_to_do():
-    have = {**A1111, "diffusers": "0.30.3", "lycoris-lora": "4.1.3", "bitsandbytes": "0.45.3",
+    have = {**A1111, "diffusers": "0.30.3", "lycoris-lora": "4.0.0", "bitsandbytes": "0.45.3",
             "prodigyopt": "1.0", "lion-pytorch": "0.2.2", "tomli-w": "1.0.0"}
     assert ip.plan_installs(REQUIREMENTS, have, environment=PY311) == []
 
@@ -165,8 +187,16 @@ def test_install_on_forge_picks_diffusers_031(monkeypatch):
     assert "diffusers==0.31.0" in targets(calls)
 
 
+def test_install_replaces_lycoris_41_on_the_webui_torch(monkeypatch, capsys):
+    calls, constraints, env, code = run_install({**A1111, "lycoris-lora": "4.1.3"}, monkeypatch)
+    assert code == 0
+    assert "lycoris-lora==4.0.0" in targets(calls) and env["lycoris-lora"] == "4.0.0"
+    assert all("torch==2.1.2+cu121" in c for c in constraints)
+    assert "installed lycoris-lora==4.0.0" in capsys.readouterr().out
+
+
 def test_install_with_nothing_missing_calls_no_pip(monkeypatch, capsys):
-    have = {**A1111, "diffusers": "0.30.3", "lycoris-lora": "4.1.3", "bitsandbytes": "0.45.3",
+    have = {**A1111, "diffusers": "0.30.3", "lycoris-lora": "4.0.0", "bitsandbytes": "0.45.3",
             "prodigyopt": "1.0", "lion-pytorch": "0.2.2", "tomli-w": "1.0.0", "tomli": "2.0.1"}
     calls, _, _, code = run_install(have, monkeypatch)
     assert calls == [] and code == 0
