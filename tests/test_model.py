@@ -534,3 +534,31 @@ def test_missing_inputs_name_the_path_or_field(tmp_path, tok_dir, sd1):
     broken.write_bytes(model.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="broken.safetensors"):
         load_checkpoint(broken)
+
+
+@pytest.mark.parametrize("version", [SD1, SD2])
+def test_random_test_models_have_trained_looking_norms(tok_dir, version):
+    """A random checkpoint with fresh norms (weight 1, bias 0) gives text conditioning of mean ~0;
+    the WebUI's default "Original" emphasis divides by that mean and yields NaN. Ours look trained."""
+    b = tiny.build_tiny_bundle(tok_dir, version=version, seed=0)
+    norms = [m for part in (b.unet, b.text_encoder, b.vae) for m in part.modules()
+             if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm))]
+    assert norms
+    for m in norms:
+        assert not torch.all(m.weight == 1) and not torch.all(m.bias == 0)
+        assert 0.5 < float(m.weight.mean()) < 1.5 and float(m.bias.abs().mean()) < 0.3
+    again = tiny.build_tiny_bundle(tok_dir, version=version, seed=0)
+    assert torch.equal(again.text_encoder.text_model.final_layer_norm.weight,
+                       b.text_encoder.text_model.final_layer_norm.weight)           # seeded
+
+    ids = b.tokenizer(["a photo of sks"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        z = b.text_encoder(ids).last_hidden_state.half()
+    # "Original" emphasis: z * multipliers, then rescaled by original mean / new mean
+    multipliers = torch.ones_like(z)
+    multipliers[:, 3] = 1.1
+    original_mean = z.float().mean()
+    emphasized = z.float() * multipliers
+    emphasized = emphasized * (original_mean / emphasized.mean())
+    assert abs(float(original_mean)) > 1e-3
+    assert torch.isfinite(emphasized).all()

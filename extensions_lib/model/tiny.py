@@ -135,6 +135,27 @@ def build_vae(size: ModelSize = TINY, device="cpu"):
         )
 
 
+def trained_looking_norms(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every affine LayerNorm / GroupNorm a random scale and shift (weight ~ 1 + 0.1·N(0, 1),
+    bias ~ 0.1·N(0, 1), seeded), as a trained model has.
+
+    Fresh norms (weight 1, bias 0) make outputs with mean exactly ~0: CLIP's final LayerNorm then
+    gives text conditioning whose mean is ~0, and the WebUI's default "Original" emphasis, which
+    rescales by the ratio of means, turns that into 0/0 = NaN. Meta tensors are left alone."""
+    g = torch.Generator().manual_seed(int(seed))
+    norms = (torch.nn.LayerNorm, torch.nn.GroupNorm)
+    with torch.no_grad():
+        for m in module.modules():
+            if not isinstance(m, norms):
+                continue
+            for name, base in (("weight", 1.0), ("bias", 0.0)):
+                p = getattr(m, name, None)
+                if p is None or p.is_meta:
+                    continue
+                p.copy_((base + 0.1 * torch.randn(p.shape, generator=g)).to(p.dtype))
+    return module
+
+
 def build_tiny_bundle(
     tokenizer_dir: Path,
     size: ModelSize = TINY,
@@ -150,6 +171,8 @@ def build_tiny_bundle(
     unet = build_unet(size, version, device)
     te = build_text_encoder(size, version, vocab_size=len(tok), device=device)
     vae = build_vae(size, device)
+    for i, module in enumerate((unet, te, vae)):
+        trained_looking_norms(module, seed=seed * 3 + i)
     bundle = ModelBundle(
         unet=unet, text_encoder=te, vae=vae, tokenizer=tok,
         noise_scheduler=make_noise_scheduler(v_prediction),
