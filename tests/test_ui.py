@@ -338,17 +338,18 @@ def test_tab_start_poll_and_result(tmp_path, dataset):
     bad = quick_config(dataset, tmp_path / "out", training__optimizer="nope")
     msg, *_ = h["start"](*_values(tab, bad))
     assert "training.optimizer" in msg and "trainer-ext-error" in msg
+    opened = {"opened_at": time.time()}       # this page was open when the run started
     msg, start_btn, stop_btn = h["start"](*_values(tab, cfg))
     assert "Started" in msg and start_btn["interactive"] is False and stop_btn["interactive"] is True
     assert job.wait(120)
-    (status, plot, gallery, result, log, start_u, stop_u), seen = h["poll"]({})
+    (status, plot, gallery, result, log, start_u, stop_u), seen = h["poll"](opened)
     assert "done" in status and "step <b>16</b> / 16" in status
     assert result == "<lora:test_lora:0.8>"
     assert plot is not None and plot.size[0] > 100
     assert start_u["interactive"] is True and stop_u["interactive"] is False
     again, _ = h["poll"](seen)                # nothing changed: the plot is not redrawn
     assert again[1] == compat.no_change() and again[3] == compat.no_change()
-    assert h["poll"]({})[0][3] == result      # a newly opened page gets everything
+    assert h["poll"](opened)[0][3] == result  # the page polling afresh gets everything again
     msg, *_ = h["start"](*_values(tab, cfg))
     assert "already exists" in msg
     idle = status_html(TrainingJob().status(), {"model": "v1-5.safetensors", "problem": "load an SD1 model"})
@@ -577,3 +578,30 @@ def test_summary_start_and_run_count_the_same_and_name_what_they_leave_out(tmp_p
     assert any(w.startswith("skipped: ") and "cut.jpg" in w for w in warnings), warnings
     assert any(w.startswith("caption without an image: ") and "ghost.txt" in w for w in warnings), warnings
     assert statuses[0].startswith("dataset: 3 training images (3 samples per epoch); 1 file(s) skipped")
+
+
+def test_a_freshly_opened_tab_shows_the_last_run_as_the_previous_one(tmp_path, dataset):
+    """Opening the page after a run ended must not show its DONE state, numbers, previews and prompt
+    as if they were the current job: the status is idle with one labelled line about the last run."""
+    job = TrainingJob()
+    host = StandaloneHost(tiny_bundle())
+    job.start(quick_config(dataset, tmp_path / "out", training__max_train_epochs=1), host)
+    assert job.wait(120) and job.status()["state"] == "done"
+
+    tab = build_tab(host, job)                                # the page is built (opened) after the run
+    first = next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == f"{ELEM_ID}_status").value
+    (status, plot, gallery, result, log, start_u, stop_u), seen = tab.trainer_handlers["poll"]({})
+    for html in (first, status):
+        assert "data-state='idle'" in html and "trainer-ext-badge done" not in html
+        assert "Previous run: test_lora (LoRA), finished" in html and "after 8 steps" in html
+        assert "use it as &lt;lora:test_lora:0.8&gt;" in html
+    assert plot is None and gallery is None and result == "" and log == ""
+    assert start_u["interactive"] is True and stop_u["interactive"] is False
+    assert tab.trainer_handlers["poll"](seen)[0] == [compat.no_change()] * 7
+
+    # a run that fails is labelled with its error
+    failing = TrainingJob()
+    failing.start(quick_config(dataset, tmp_path / "out2"), BrokenHost(tiny_bundle()))
+    assert failing.wait(60)
+    (status, *_), _ = build_tab(host, failing).trainer_handlers["poll"]({})
+    assert "Previous run: test_lora (LoRA), failed" in status and "the GPU caught fire" in status

@@ -158,6 +158,35 @@ def _fmt_time(seconds) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def is_previous_run(s: dict, page_opened_at: Optional[float]) -> bool:
+    """A run that ended before this page was opened is history, not what the page is showing live."""
+    if page_opened_at is None or s["state"] in RUNNING or s["state"] == "idle":
+        return False
+    finished = s.get("finished_at")
+    return finished is None or finished < page_opened_at
+
+
+def previous_run_html(s: dict, host_info: Optional[dict] = None) -> str:
+    """The idle status plus one clearly labelled line about the last run: name, when it ended, result."""
+    esc = html.escape
+    outcome = {"done": "finished", "stopped": "stopped early, saved", "error": "failed"}.get(s["state"], s["state"])
+    when = (time.strftime("%Y-%m-%d %H:%M", time.localtime(s["finished_at"])) if s.get("finished_at") else "earlier")
+    name = s.get("name") or "(unnamed)"
+    method = {value: label for label, value in METHOD_LABELS}.get(s.get("method"), s.get("method") or "")
+    line = f"Previous run: {name}{f' ({method})' if method else ''}, {outcome} {when}"
+    if s.get("step"):
+        line += f" after {s['step']} steps"
+    if s["state"] == "error" and s.get("error"):
+        line += f": {s['error'].splitlines()[0]}"
+    elif s.get("output_path"):
+        line += f" → {s['output_path']}"
+        if s.get("prompt_usage"):
+            line += f"; use it as {s['prompt_usage']}"
+    idle = status_html(dict(s, state="idle", step=0, total_steps=0, total_epochs=0, loss=None, avg_loss=None,
+                            it_per_s=None, eta_s=None, lr=None, started_at=None, warnings=[]), host_info)
+    return idle[:-len("</div>")] + f"<div class='trainer-ext-muted trainer-ext-previous'>{esc(line)}</div></div>"
+
+
 def status_html(s: dict, host_info: Optional[dict] = None) -> str:
     """The progress bar and one line of numbers; when idle, the host's model and any problem."""
     esc = html.escape
@@ -271,7 +300,8 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
                     stop_btn = compat.make(gr.Button, value="Stop", variant="stop", elem_id=f"{ELEM_ID}_stop",
                                            interactive=False)
                 message = gr.HTML("", elem_id=f"{ELEM_ID}_message")
-                status = gr.HTML(status_html(job.status()), elem_id=f"{ELEM_ID}_status")
+                # a run that ended before this tab was built is shown as the previous run, not as current
+                status = gr.HTML(_page_status(job.status(), None, time.time()), elem_id=f"{ELEM_ID}_status")
                 with compat.make(gr.Row, elem_id=f"{ELEM_ID}_result_row", equal_height=True):
                     result = compat.make(gr.Textbox, value="", label="Use it in a prompt", lines=1, max_lines=1,
                                          placeholder="e.g. <lora:name:0.8>, when training ends",
@@ -388,9 +418,18 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
             """(outputs, what this page has now): only what changed since `last` is sent."""
             s = job.status()
             last = last or {}
+            # when this page was opened: a run that ended before it is the previous run, shown as such
+            opened_at = last.get("opened_at") or time.time()
             new_job = last.get("job_id") != s["job_id"]
             out = []
             changed = new_job or last.get("version") != s["version"]
+            if is_previous_run(s, opened_at):
+                now = {k: s[k] for k in ("job_id", "version", "loss_version", "preview_version")}
+                if not changed:
+                    return [compat.no_change()] * 7, dict(now, opened_at=opened_at)
+                return ([previous_run_html(s, _describe(host)), None, None, "", "",
+                         compat.update(interactive=True), compat.update(interactive=False)],
+                        dict(now, opened_at=opened_at))
             if changed or s["state"] in RUNNING:
                 out.append(status_html(s, None if s["state"] in RUNNING else _describe(host)))
             else:
@@ -411,7 +450,8 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
                 out.append(compat.update(interactive=running))
             else:
                 out += [compat.no_change()] * 4
-            return out, {k: s[k] for k in ("job_id", "version", "loss_version", "preview_version")}
+            return out, dict({k: s[k] for k in ("job_id", "version", "loss_version", "preview_version")},
+                             opened_at=opened_at)
 
         poll_outputs = [status, plot, gallery, result, log, start_btn, stop_btn]
         poll_options = dict(every=poll_seconds, show_progress="hidden", **NO_API)
@@ -444,6 +484,12 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
     tab.trainer_handlers = {"start": on_start, "stop": on_stop, "poll": poll, "save": on_save, "load": load_from,
                             "preset": on_preset, "dataset": on_dataset, "method": on_method}
     return tab
+
+
+def _page_status(s: dict, host_info: Optional[dict], page_opened_at: float) -> str:
+    if is_previous_run(s, page_opened_at):
+        return previous_run_html(s, host_info)
+    return status_html(s, host_info)
 
 
 def _describe(host: Host) -> dict:
