@@ -113,7 +113,27 @@ def test_merged_forward_at_multiplier_zero_is_the_base_layer():
 
 def test_modules_it_does_not_cover_keep_lycoris_forward():
     _, with_rank_dropout = _module("loha", "linear", rank_dropout=0.1)
-    assert not merged_eligible(with_rank_dropout)
     _, dora = _module("loha", "linear", weight_decompose=True)
-    assert not merged_eligible(dora)
-    assert use_merged_forward([with_rank_dropout, dora]) == 0
+    _, tucker = _module("loha", "conv3x3_strided", use_tucker=True)
+    for module in (with_rank_dropout, dora, tucker):
+        assert not merged_eligible(module)
+    assert use_merged_forward([with_rank_dropout, dora, tucker]) == 0
+
+
+@pytest.mark.parametrize("algo", ["loha", "lokr_both_low_rank"])
+def test_frozen_factors_get_no_gradient_and_the_others_the_right_one(algo):
+    def run(merged):
+        base, module = _module(algo, "conv3x3_strided")
+        frozen = next(iter(module.parameters()))
+        frozen.requires_grad_(False)
+        module.apply_to()
+        if merged:
+            use_merged_forward([module])
+        base(torch.randn(2, 16, 9, 9, generator=torch.Generator().manual_seed(3))).square().sum().backward()
+        module.restore()
+        return [p.grad for p in module.parameters()]
+
+    want, got = run(False), run(True)
+    assert want[0] is None and got[0] is None
+    for g, w in zip(got[1:], want[1:]):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)

@@ -9,21 +9,22 @@ the layer's op twice forward and twice backward.
 Here one autograd function per layer runs the op once on the merged weight W + m·ΔW (computed in
 fp32, cast to the compute dtype, as the WebUI applies the file) and saves only the layer input,
 which the graph holds anyway. Backward rebuilds ΔW from the factors, takes the input gradient
-through the merged weight and the weight gradient from input and output gradient, and sends that
-through lycoris' own `get_weight` to the factors. Every full-size tensor lives only while its layer
+through the merged weight and the weight gradient from input and output gradient, and contracts
+that with the rebuilt halves into the factors' gradients (the formulas of lycoris' `get_weight`,
+in as few full-size passes as they allow). Every full-size tensor lives only while its layer
 runs. Cost per adapted layer: one op forward, two backward (input and weight gradient), against
 lycoris' two and three.
 
-Modules this does not cover (rank dropout, DoRA, scalar, non-zero padding modes, fp8 bases) keep
-lycoris' own forward.
+Modules this does not cover (Tucker, rank dropout, DoRA, a trained scalar, non-zero padding modes,
+quantised bases) keep lycoris' own forward.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from functools import partial
 
 import torch
-import torch.nn.functional as F
+
+from ..model.autocast import autocast_off, compute_dtype
 
 _CONVS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
 
@@ -31,57 +32,98 @@ _CONVS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
 def merged_eligible(lora) -> bool:
     base = lora.org_module[0]
     return (type(lora).__name__ in ("LohaModule", "LokrModule") and not lora.bypass_mode
-            and not lora.wd and not lora.rank_dropout and not lora.is_quant
+            and not lora.tucker and not lora.wd and not lora.rank_dropout and not lora.is_quant
             and not isinstance(lora.scalar, torch.nn.Parameter)
             and (lora.module_type == "linear"
                  or (lora.module_type in _CONVS and getattr(base, "padding_mode", "zeros") == "zeros")))
 
 
-# devices whose autocast state we read and switch off around our own casts
-_AUTOCAST_DEVICES = ("cpu", "cuda")
+class _LohaDelta:
+    """m·ΔW = c·(w1a @ w1b) ⊙ (w2a @ w2b) as a [out, in·k] matrix, c = alpha/rank · m (lycoris' get_weight)."""
+
+    def __init__(self, lora, c: float):
+        self.lora, self.c = lora, c
+        self.p1 = (lora.hada_w1_a.detach() * c) @ lora.hada_w1_b.detach()
+        self.p2 = lora.hada_w2_a.detach() @ lora.hada_w2_b.detach()
+
+    def merged(self, weight: torch.Tensor, keep: bool) -> torch.Tensor:
+        """weight + m·ΔW in fp32 (in place over p1 unless the factor gradients still need it)."""
+        delta = self.p1 * self.p2 if keep else self.p1.mul_(self.p2)
+        return delta.add_(weight.reshape(delta.shape))
+
+    def grads(self, g: torch.Tensor, wanted: list) -> dict:
+        lora, c = self.lora, self.c
+        w1a, w1b, w2a, w2b = lora.hada_w1_a, lora.hada_w1_b, lora.hada_w2_a, lora.hada_w2_b
+        g = g.reshape(self.p1.shape)
+        t = g * self.p2  # dL/d(c·w1a w1b)
+        out = {w1a: (t @ w1b.detach().t()).mul_(c), w1b: (w1a.detach() * c).t() @ t}
+        torch.mul(g, self.p1, out=t)  # dL/d(w2a w2b), c already inside p1
+        out.update({w2a: t @ w2b.detach().t(), w2b: w2a.detach().t() @ t})
+        return out
 
 
-def _autocast_dtype(device: torch.device, fallback: torch.dtype) -> torch.dtype:
-    """The dtype the base layer's own op would compute in here (autocast's, else its weight's)."""
-    kind = device.type
-    if kind not in _AUTOCAST_DEVICES:
-        return fallback
-    try:  # torch >= 2.4
-        on, dtype = torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
-    except (TypeError, AttributeError):  # the WebUI's torch 2.1
-        if kind == "cpu":
-            on, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+class _LokrDelta:
+    """m·ΔW = c·kron(w1, w2), c = lycoris' scale · m, each half a full matrix or a low-rank product.
+
+    Seen as [a, p, b, q] blocks (out = a·p, in·k = b·q), ΔW[i, x, j, y] = c·w1[i, j]·w2[x, y], so the
+    merged weight is one broadcast add and the halves' gradients are two contractions of the
+    weight gradient; the small halves pass theirs on to their factors by autograd."""
+
+    def __init__(self, lora, c: float):
+        self.lora, self.c = lora, c
+        with torch.no_grad():
+            self.w1, self.w2 = self.halves()
+
+    def halves(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lora = self.lora
+        w1 = lora.lokr_w1 if lora.use_w1 else lora.lokr_w1_a @ lora.lokr_w1_b
+        if lora.use_w2:
+            w2 = lora.lokr_w2
         else:
-            on, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
-    return dtype if on else fallback
+            w2 = lora.lokr_w2_a @ lora.lokr_w2_b.reshape(lora.lokr_w2_b.shape[0], -1)
+        return w1, w2.reshape(w2.shape[0], -1)
+
+    def _blocks(self, t: torch.Tensor) -> torch.Tensor:
+        (a, b), (p, q) = self.w1.shape, self.w2.shape
+        return t.reshape(a, p, b, q)
+
+    def merged(self, weight: torch.Tensor, keep: bool) -> torch.Tensor:
+        delta = (self.w1 * self.c)[:, None, :, None] * self.w2[None, :, None, :]
+        return delta.add_(self._blocks(weight)).reshape(self.w1.shape[0] * self.w2.shape[0], -1)
+
+    def grads(self, g: torch.Tensor, wanted: list) -> dict:
+        g4 = self._blocks(g)
+        grad_w1 = torch.einsum("apbq,pq->ab", g4, self.w2).mul_(self.c)
+        grad_w2 = torch.einsum("apbq,ab->pq", g4, self.w1).mul_(self.c)
+        with torch.enable_grad():
+            w1, w2 = self.halves()
+        halves = [(h, gh) for h, gh in ((w1, grad_w1), (w2, grad_w2)) if h.requires_grad]
+        if not halves:
+            return {}
+        found = torch.autograd.grad([h for h, _ in halves], wanted, [gh for _, gh in halves], allow_unused=True)
+        return dict(zip(wanted, found))
 
 
-def _no_autocast(device: torch.device):
-    return torch.autocast(device_type=device.type, enabled=False) if device.type in _AUTOCAST_DEVICES else nullcontext()
+def _rebuild(lora, scale: float):
+    c = float(lora.scale) * float(lora.scalar) * scale
+    return (_LohaDelta if type(lora).__name__ == "LohaModule" else _LokrDelta)(lora, c)
 
 
-def _delta(lora, scale: float) -> torch.Tensor:
-    """m·ΔW in the factors' precision, by lycoris' own formula for the module."""
-    with _no_autocast(lora.device):
-        return lora.get_weight(lora.shape) * (lora.scalar * scale)
-
-
-def _merged(lora, delta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return (delta.detach() + lora._current_weight()).to(dtype)
+def _run_op(lora, x: torch.Tensor, weight: torch.Tensor, bias, dtype: torch.dtype) -> torch.Tensor:
+    with autocast_off(x.device):
+        return lora.op(x.to(dtype), weight, None if bias is None else bias.to(dtype), **lora.kw_dict)
 
 
 class _MergedOp(torch.autograd.Function):
-    """y = op(x, W + m·ΔW, b); saves x only; the factors get their gradients through get_weight."""
+    """y = op(x, W + m·ΔW, b); saves x only; the factors get their gradients from the rebuilt ΔW."""
 
     @staticmethod
     def forward(ctx, x, lora, scale, *params):
-        dtype = _autocast_dtype(x.device, lora._current_weight().dtype)
-        with torch.no_grad():
-            weight = _merged(lora, _delta(lora, scale), dtype)
-        bias = lora._current_bias()
-        bias = None if bias is None else bias.to(dtype)
-        with _no_autocast(x.device):
-            y = lora.op(x.to(dtype), weight, bias, **lora.kw_dict)
+        base = lora._current_weight()
+        dtype = compute_dtype(x.device, base.dtype)
+        with torch.no_grad(), autocast_off(x.device):
+            weight = _rebuild(lora, scale).merged(base, keep=False).to(dtype).view(base.shape)
+        y = _run_op(lora, x, weight, lora._current_bias(), dtype)
         ctx.save_for_backward(x)
         ctx.lora, ctx.scale, ctx.params = lora, scale, params
         return y
@@ -91,24 +133,25 @@ class _MergedOp(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         lora, dtype = ctx.lora, grad_y.dtype
         wanted = [p for p, need in zip(ctx.params, ctx.needs_input_grad[3:]) if need]
-        with torch.enable_grad():
-            delta = _delta(lora, ctx.scale)
-        weight = _merged(lora, delta, dtype)
-        xc = x.to(dtype)
-        if lora.module_type == "linear":
-            g2 = grad_y.reshape(-1, grad_y.shape[-1])
-            grad_x = (g2 @ weight).view(x.shape) if ctx.needs_input_grad[0] else None
-            grad_w = g2.t() @ xc.reshape(-1, xc.shape[-1]) if wanted else None
-        else:
-            kw = lora.kw_dict
-            dims = _CONVS[lora.module_type]
-            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-                grad_y, xc, weight, None, _tuple(kw["stride"], dims), _tuple(kw["padding"], dims),
-                _tuple(kw["dilation"], dims), False, [0] * dims, kw["groups"],
-                [ctx.needs_input_grad[0], bool(wanted), False])
-        del weight, xc
-        grads = iter(torch.autograd.grad(delta, wanted, grad_w.to(delta.dtype), allow_unused=True) if wanted else ())
-        param_grads = [next(grads) if need else None for need in ctx.needs_input_grad[3:]]
+        base = lora._current_weight()
+        with autocast_off(x.device):
+            delta = _rebuild(lora, ctx.scale)
+            with torch.no_grad():
+                weight = delta.merged(base, keep=True).to(dtype).view(base.shape)
+            xc = x.to(dtype)
+            if lora.module_type == "linear":
+                g2 = grad_y.reshape(-1, grad_y.shape[-1])
+                grad_x = (g2 @ weight).view(x.shape) if ctx.needs_input_grad[0] else None
+                grad_w = g2.t() @ xc.reshape(-1, xc.shape[-1]) if wanted else None
+            else:
+                kw, dims = lora.kw_dict, _CONVS[lora.module_type]
+                grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                    grad_y, xc, weight, None, _tuple(kw["stride"], dims), _tuple(kw["padding"], dims),
+                    _tuple(kw["dilation"], dims), False, [0] * dims, kw["groups"],
+                    [ctx.needs_input_grad[0], bool(wanted), False])
+            del weight, xc
+            found = delta.grads(grad_w.float(), wanted) if wanted else {}
+        param_grads = [found.get(p) if need else None for p, need in zip(ctx.params, ctx.needs_input_grad[3:])]
         if grad_x is not None:
             grad_x = grad_x.to(x.dtype)
         return (grad_x, None, None, *param_grads)

@@ -23,6 +23,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ..model.autocast import compute_dtype
+
 # Output columns (batch x output pixels) up to which the GEMM form wins in every dtype measured,
 # and the larger limit where it still wins in fp32 for wide layers (input channels x kernel area).
 SMALL_COLUMNS = 64
@@ -58,11 +60,7 @@ def _is_pointwise(weight: torch.Tensor, stride: tuple, padding: tuple) -> bool:
 
 
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
-    try:  # torch >= 2.4
-        on, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
-    except (TypeError, AttributeError):  # the WebUI's torch 2.1
-        on, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
-    return dtype if on else weight.dtype
+    return compute_dtype(torch.device("cpu"), weight.dtype)
 
 
 def conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: tuple,
