@@ -28,8 +28,9 @@ Run (any python with pytest, Pillow and numpy, e.g. a test venv):
 Per method it trains at 128 px for a few steps over POST /trainer/v1/train, then checks: the run ends "done"; the
 file is in the WebUI's folder for it and listed by /sdapi/v1/{loras,embeddings,hypernetworks} without a refresh or
 restart; every module in a LoRA-family file is matched by the WebUI's Lora support; txt2img with the network at
-weights 0.5, 1.0 and 1.5 succeeds (no NansException, not black) and differs from the image without it; the image
-without it is byte-identical to the one made before any training; the WebUI's RSS while training stays within a
+weights 0.5, 1.0 and 1.5 succeeds (no NansException, not black) and differs from the image without it (for the
+embedding: from the same prompt made before the embedding existed, `(word:0.5)` etc.); the image without it is
+byte-identical to the one made before any training; the WebUI's RSS while training stays within a
 per-method bound of its size just before. Files are written as rhtest_<method>_<time> and left in place. On a
 2-core CPU the six methods take about 10-20 minutes, on the WebUI with a full-size SD1.5 checkpoint.
 """
@@ -147,17 +148,17 @@ class RssSampler:
         self._stop = threading.Event()
 
     def read(self):
-        if self.pid:
-            return read_proc_rss(self.pid)
-        code, r = http("GET", "/realhost/v1/mem", timeout=30)
+        try:
+            if self.pid:
+                return read_proc_rss(self.pid)
+            code, r = http("GET", "/realhost/v1/mem", timeout=30)
+        except OSError:   # the process is gone
+            return None
         return r.get("VmRSS") if code == 200 and isinstance(r, dict) else None
 
     def _run(self):
         while not self._stop.wait(self.interval):
-            try:
-                v = self.read()
-            except OSError:
-                continue
+            v = self.read()
             if v:
                 self.peak = max(self.peak or 0, v)
 
@@ -175,7 +176,10 @@ class RssSampler:
         if self.after:
             self.peak = max(self.peak or 0, self.after)
         if self._hwm:
-            self.peak = max(self.peak or 0, read_proc_rss(self.pid, "VmHWM") or 0)
+            try:
+                self.peak = max(self.peak or 0, read_proc_rss(self.pid, "VmHWM") or 0)
+            except OSError:
+                pass
 
 
 # -- images ------------------------------------------------------------------------------------------
@@ -276,14 +280,14 @@ def host(tmp_path_factory, pytestconfig):
         pytest.fail(f"GET {URL}/trainer/v1/config/default -> {code}: the extension is not installed in this WebUI "
                     f"or its API is off ({str(default)[:200]})")
     pid = find_pid()
-    sampler = RssSampler(pid)
+    pytestconfig._realhost_summary = SUMMARY
     before = txt2img(PROMPT)
     assert before["code"] == 200, f"txt2img without any network failed: {before['error']}"
     repeat = txt2img(PROMPT)
     assert repeat["png"] == before["png"], \
         "two identical txt2img requests gave different PNGs: the byte-identical checks would mean nothing"
-    pytestconfig._realhost_summary = SUMMARY
-    SUMMARY["_host"] = {"url": URL, "pid": pid, "idle_rss_gib": round(sampler.read() / GIB, 2),
+    idle = RssSampler(pid).read()
+    SUMMARY["_host"] = {"url": URL, "pid": pid, "idle_rss_gib": round(idle / GIB, 2) if idle else None,
                         "baseline_seconds": before["seconds"]}
     write_summary()
     return {"pid": pid, "data": make_dataset(str(tmp_path_factory.mktemp("realhost_data"))), "before": before}
@@ -293,16 +297,21 @@ def host(tmp_path_factory, pytestconfig):
 def run(request, host):
     """Train one method over REST (the fixture is shared by every check of that method)."""
     method = request.param
+    if not server_up():
+        pytest.fail(f"the WebUI at {URL} stopped answering (killed, e.g. for memory? see its log)")
     name = f"rhtest{STAMP}{method}" if method == "embedding" else f"rhtest_{method}_{STAMP}"
     rec = {"method": method, "name": name, "images": {}}
     s = SUMMARY[method] = {"name": name}
-    if method == "embedding":   # the same prompt while the word is still plain text: what the embedding must change
-        rec["reference"] = txt2img(f"{PROMPT}, {name}")
-    else:
-        rec["reference"] = host["before"]
+    if method == "embedding":   # the same prompts while the word is still plain text: what the embedding must change
+        rec["reference"] = {w: txt2img(prompt_at(method, name, w)) for w in WEIGHTS}
+    else:                       # the network's tag leaves the prompt: the image without it
+        rec["reference"] = {w: host["before"] for w in WEIGHTS}
     t0 = time.time()
     with RssSampler(host["pid"]) as mem:
-        code, r = http("POST", "/trainer/v1/train", train_config(method, name, host["data"]))
+        try:
+            code, r = http("POST", "/trainer/v1/train", train_config(method, name, host["data"]))
+        except OSError as e:
+            code, r = None, f"{URL} stopped answering: {e!r}"
         rec["post"] = (code, r)
         st = {}
         if code == 200:
@@ -397,7 +406,7 @@ def test_all_modules_matched(run):
 
 def test_images_at_weights(run, host):
     require_trained(run)
-    method, ref = run["method"], run["reference"]
+    method = run["method"]
     problems, verdicts, changed = [], {}, {}
     with RssSampler(host["pid"]) as mem:   # for the record: the WebUI itself keeps backups of LoRA'd weights
         for w in WEIGHTS:
@@ -406,6 +415,10 @@ def test_images_at_weights(run, host):
             verdicts[str(w)] = verdict(img)
             if verdicts[str(w)] != "finite":
                 problems.append(f"weight {w}: {verdicts[str(w)]} ({img['error'] or 'black image'})")
+                continue
+            ref = run["reference"][w]
+            if ref["image"] is None:
+                problems.append(f"weight {w}: no reference image: {ref['error']}")
                 continue
             changed[str(w)] = mean_abs_diff(img["image"], ref["image"])
             if ImageChops.difference(img["image"], ref["image"]).getbbox() is None:
