@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from ..export.atomic import atomic_write
 from .bundle import SD1, SD2, ModelBundle, make_noise_scheduler
 
 
@@ -58,8 +59,11 @@ def write_char_tokenizer(folder: Path) -> Path:
         vocab[s + "</w>"] = len(vocab)
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    # written by rename: several processes (test workers, a data-parallel run) may share the folder,
+    # and none may read a half-written vocabulary
+    for name, text in (("vocab.json", json.dumps(vocab)), ("merges.txt", "#version: 0.2\n")):
+        atomic_write(folder / name, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"),
+                     overwrite=True)
     return folder
 
 
