@@ -6,8 +6,8 @@ base again and runs the layer's op on that delta beside the base op. Autograd ke
 the SD1.5 UNet with conv layers that is several GiB, the whole model again and more. It also runs
 the layer's op twice forward and twice backward.
 
-Here one autograd function per layer runs the op once on the merged weight W + m·ΔW (computed in
-fp32, cast to the compute dtype, as the WebUI applies the file) and saves only the layer input,
+Here one autograd function per layer runs the op once on the merged weight W + m·ΔW (as the WebUI
+applies the file; rebuilt in bf16 when the layer computes in bf16, else in fp32) and saves only the layer input,
 which the graph holds anyway. Backward rebuilds ΔW from the factors, takes the input gradient
 through the merged weight and the weight gradient from input and output gradient, and contracts
 that with the rebuilt halves into the factors' gradients (the formulas of lycoris' `get_weight`,
@@ -41,25 +41,26 @@ def merged_eligible(lora) -> bool:
 class _LohaDelta:
     """m·ΔW = c·(w1a @ w1b) ⊙ (w2a @ w2b) as a [out, in·k] matrix, c = alpha/rank · m (lycoris' get_weight)."""
 
-    def __init__(self, lora, c: float):
-        self.lora, self.c = lora, c
-        self.p1 = (lora.hada_w1_a.detach() * c) @ lora.hada_w1_b.detach()
-        self.p2 = lora.hada_w2_a.detach() @ lora.hada_w2_b.detach()
+    def __init__(self, lora, c: float, dtype: torch.dtype):
+        self.lora, self.c, self.dtype = lora, c, dtype
+        self.p1 = (lora.hada_w1_a.detach() * c).to(dtype) @ lora.hada_w1_b.detach().to(dtype)
+        self.p2 = lora.hada_w2_a.detach().to(dtype) @ lora.hada_w2_b.detach().to(dtype)
 
     def merged(self, weight: torch.Tensor, keep: bool) -> torch.Tensor:
-        """weight + m·ΔW in fp32 (in place over p1 unless the factor gradients still need it)."""
+        """weight + m·ΔW (in place over p1 unless the factor gradients still need it)."""
         delta = self.p1 * self.p2 if keep else self.p1.mul_(self.p2)
         return delta.add_(weight.reshape(delta.shape))
 
     def grads(self, g: torch.Tensor, wanted: list) -> dict:
         lora, c = self.lora, self.c
-        w1a, w1b, w2a, w2b = lora.hada_w1_a, lora.hada_w1_b, lora.hada_w2_a, lora.hada_w2_b
+        params = lora.hada_w1_a, lora.hada_w1_b, lora.hada_w2_a, lora.hada_w2_b
+        w1a, w1b, w2a, w2b = (w.detach().to(self.dtype) for w in params)
         g = g.reshape(self.p1.shape)
         t = g * self.p2  # dL/d(c·w1a w1b)
-        out = {w1a: (t @ w1b.detach().t()).mul_(c), w1b: (w1a.detach() * c).t() @ t}
+        found = [(t @ w1b.t()) * c, (w1a * c).t() @ t]
         torch.mul(g, self.p1, out=t)  # dL/d(w2a w2b), c already inside p1
-        out.update({w2a: t @ w2b.detach().t(), w2b: w2a.detach().t() @ t})
-        return out
+        found += [t @ w2b.t(), w2a.t() @ t]
+        return {p: f.to(p.dtype) for p, f in zip(params, found)}
 
 
 class _LokrDelta:
@@ -69,10 +70,10 @@ class _LokrDelta:
     merged weight is one broadcast add and the halves' gradients are two contractions of the
     weight gradient; the small halves pass theirs on to their factors by autograd."""
 
-    def __init__(self, lora, c: float):
-        self.lora, self.c = lora, c
+    def __init__(self, lora, c: float, dtype: torch.dtype):
+        self.lora, self.c, self.dtype = lora, c, dtype
         with torch.no_grad():
-            self.w1, self.w2 = self.halves()
+            self.w1, self.w2 = (h.to(dtype) for h in self.halves())
 
     def halves(self) -> tuple[torch.Tensor, torch.Tensor]:
         lora = self.lora
@@ -93,8 +94,8 @@ class _LokrDelta:
 
     def grads(self, g: torch.Tensor, wanted: list) -> dict:
         g4 = self._blocks(g)
-        grad_w1 = torch.einsum("apbq,pq->ab", g4, self.w2).mul_(self.c)
-        grad_w2 = torch.einsum("apbq,ab->pq", g4, self.w1).mul_(self.c)
+        grad_w1 = torch.einsum("apbq,pq->ab", g4, self.w2).float().mul_(self.c)
+        grad_w2 = torch.einsum("apbq,ab->pq", g4, self.w1).float().mul_(self.c)
         with torch.enable_grad():
             w1, w2 = self.halves()
         halves = [(h, gh) for h, gh in ((w1, grad_w1), (w2, grad_w2)) if h.requires_grad]
@@ -104,9 +105,12 @@ class _LokrDelta:
         return dict(zip(wanted, found))
 
 
-def _rebuild(lora, scale: float):
+def _rebuild(lora, scale: float, compute: torch.dtype):
+    """The module's m·ΔW, rebuilt in bf16 when the layer computes in bf16 (the full-size passes are
+    memory-bound: half the bytes, and no cast of the merged weight), else in fp32."""
     c = float(lora.scale) * float(lora.scalar) * scale
-    return (_LohaDelta if type(lora).__name__ == "LohaModule" else _LokrDelta)(lora, c)
+    dtype = torch.bfloat16 if compute == torch.bfloat16 else torch.float32
+    return (_LohaDelta if type(lora).__name__ == "LohaModule" else _LokrDelta)(lora, c, dtype)
 
 
 def _run_op(lora, x: torch.Tensor, weight: torch.Tensor, bias, dtype: torch.dtype) -> torch.Tensor:
@@ -122,7 +126,7 @@ class _MergedOp(torch.autograd.Function):
         base = lora._current_weight()
         dtype = compute_dtype(x.device, base.dtype)
         with torch.no_grad(), autocast_off(x.device):
-            weight = _rebuild(lora, scale).merged(base, keep=False).to(dtype).view(base.shape)
+            weight = _rebuild(lora, scale, dtype).merged(base, keep=False).to(dtype).view(base.shape)
         y = _run_op(lora, x, weight, lora._current_bias(), dtype)
         ctx.save_for_backward(x)
         ctx.lora, ctx.scale, ctx.params = lora, scale, params
@@ -135,7 +139,7 @@ class _MergedOp(torch.autograd.Function):
         wanted = [p for p, need in zip(ctx.params, ctx.needs_input_grad[3:]) if need]
         base = lora._current_weight()
         with autocast_off(x.device):
-            delta = _rebuild(lora, ctx.scale)
+            delta = _rebuild(lora, ctx.scale, dtype)
             with torch.no_grad():
                 weight = delta.merged(base, keep=True).to(dtype).view(base.shape)
             xc = x.to(dtype)
@@ -150,7 +154,7 @@ class _MergedOp(torch.autograd.Function):
                     _tuple(kw["dilation"], dims), False, [0] * dims, kw["groups"],
                     [ctx.needs_input_grad[0], bool(wanted), False])
             del weight, xc
-            found = delta.grads(grad_w.float(), wanted) if wanted else {}
+            found = delta.grads(grad_w.to(delta.dtype), wanted) if wanted else {}
         param_grads = [found.get(p) if need else None for p, need in zip(ctx.params, ctx.needs_input_grad[3:])]
         if grad_x is not None:
             grad_x = grad_x.to(x.dtype)
