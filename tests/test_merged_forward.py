@@ -1,5 +1,5 @@
-"""LoHa / LoKr merged forward: the same outputs and gradients as lycoris' rebuild forward, without
-keeping any full-size weight for backward."""
+"""LoHa / LoKr merged forward (and LoHa through its factors): the same outputs and gradients as
+lycoris' rebuild forward, without keeping any full-size weight for backward."""
 from __future__ import annotations
 
 import pytest
@@ -7,12 +7,17 @@ import torch
 from lycoris.modules.loha import LohaModule
 from lycoris.modules.lokr import LokrModule
 
+from extensions_lib.methods import merged_forward as mf
 from extensions_lib.methods.merged_forward import merged_eligible, use_merged_forward
 
 LAYERS = {
     "linear": (lambda: torch.nn.Linear(32, 48), (2, 5, 32)),
     "conv3x3_strided": (lambda: torch.nn.Conv2d(16, 24, 3, padding=1, stride=2), (2, 16, 9, 9)),
     "conv1x1": (lambda: torch.nn.Conv2d(16, 24, 1), (1, 16, 4, 4)),
+}
+WIDE = {  # layers whose weight is much bigger than a rank-4 factor pair
+    "wide_linear": (lambda: torch.nn.Linear(256, 384), (2, 5, 256)),
+    "wide_conv": (lambda: torch.nn.Conv2d(64, 96, 3, padding=1, stride=2), (2, 64, 9, 9)),
 }
 ALGOS = {
     "loha": (LohaModule, {}),
@@ -24,7 +29,7 @@ ALGOS = {
 def _module(algo, layer, **extra):
     cls, kw = ALGOS[algo]
     torch.manual_seed(0)
-    base = LAYERS[layer][0]().requires_grad_(False)
+    base = {**LAYERS, **WIDE}[layer][0]().requires_grad_(False)
     torch.manual_seed(1)
     module = cls("test", base, **{"multiplier": 0.7, "lora_dim": 4, "alpha": 2, **kw, **extra})
     for p in module.parameters():  # trained-looking factors: lycoris starts one of them at zero
@@ -46,9 +51,16 @@ def _run(algo, layer, merged: bool, autocast: bool = False, **extra):
     return y.detach().float(), x.grad, [p.grad.clone() for p in module.parameters()]
 
 
+@pytest.fixture(params=["merged", "factors"])
+def loha_form(request, monkeypatch):
+    """Which of its two forms a LoHa layer takes (the size rule picks one per call)."""
+    monkeypatch.setattr(mf, "_loha_prefers_factors", lambda lora, columns: request.param == "factors")
+    return request.param
+
+
 @pytest.mark.parametrize("layer", list(LAYERS))
 @pytest.mark.parametrize("algo", list(ALGOS))
-def test_merged_forward_matches_lycoris_outputs_and_gradients(algo, layer):
+def test_merged_forward_matches_lycoris_outputs_and_gradients(algo, layer, loha_form):
     want_y, want_gx, want_gp = _run(algo, layer, merged=False)
     got_y, got_gx, got_gp = _run(algo, layer, merged=True)
     torch.testing.assert_close(got_y, want_y, atol=1e-5, rtol=1e-5)
@@ -60,7 +72,7 @@ def test_merged_forward_matches_lycoris_outputs_and_gradients(algo, layer):
 
 
 @pytest.mark.parametrize("algo", ["loha", "lokr"])
-def test_merged_forward_under_bf16_autocast_matches_to_bf16_rounding(algo):
+def test_merged_forward_under_bf16_autocast_matches_to_bf16_rounding(algo, loha_form):
     for layer in ("linear", "conv3x3_strided"):
         want_y, want_gx, want_gp = _run(algo, layer, merged=False, autocast=True)
         got_y, got_gx, got_gp = _run(algo, layer, merged=True, autocast=True)
@@ -71,13 +83,13 @@ def test_merged_forward_under_bf16_autocast_matches_to_bf16_rounding(algo):
             assert (got - want).abs().max() <= 0.02 * scale(want)
 
 
-def _saved_bytes(algo, layer, merged: bool) -> tuple[int, int]:
+def _saved_bytes(algo, layer, merged: bool, **extra) -> tuple[int, int]:
     """Bytes autograd keeps for backward in one adapted layer's forward, and that layer's weight size."""
-    base, module = _module(algo, layer)
+    base, module = _module(algo, layer, **extra)
     module.apply_to()
     if merged:
         use_merged_forward([module])
-    x = torch.randn(LAYERS[layer][1]).requires_grad_(True)
+    x = torch.randn({**LAYERS, **WIDE}[layer][1]).requires_grad_(True)
     kept = []
 
     def pack(t):
@@ -87,18 +99,36 @@ def _saved_bytes(algo, layer, merged: bool) -> tuple[int, int]:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         base(x)
     module.restore()
-    own = {id(p) for p in module.parameters()} | {id(base.weight)}
-    fresh = [t for t in kept if id(t) not in own and t is not x]  # tensors made for this layer alone
-    return sum(t.numel() * t.element_size() for t in fresh), base.weight.numel() * base.weight.element_size()
+    storage = lambda t: t.untyped_storage().data_ptr()  # noqa: E731  (views share their base's)
+    own = {storage(t) for t in (*module.parameters(), base.weight, x)}
+    fresh = {storage(t): t for t in kept if storage(t) not in own}  # memory made for this layer alone
+    return sum(t.untyped_storage().nbytes() for t in fresh.values()), base.weight.numel() * base.weight.element_size()
 
 
 @pytest.mark.parametrize("algo", ["loha", "lokr"])
-def test_merged_forward_keeps_no_full_size_weight_for_backward(algo):
+def test_merged_forward_keeps_no_full_size_weight_for_backward(algo, monkeypatch):
+    monkeypatch.setattr(mf, "_loha_prefers_factors", lambda lora, columns: False)
     for layer in ("linear", "conv3x3_strided"):
         old, weight_bytes = _saved_bytes(algo, layer, merged=False)
         new, _ = _saved_bytes(algo, layer, merged=True)
         assert old >= weight_bytes  # lycoris' rebuild form keeps at least one full-size ΔW
         assert new < weight_bytes / 4, (layer, new, weight_bytes)
+
+
+def test_loha_through_its_factors_keeps_rank_sized_tensors_only(monkeypatch):
+    monkeypatch.setattr(mf, "_loha_prefers_factors", lambda lora, columns: True)
+    for layer in WIDE:
+        new, weight_bytes = _saved_bytes("loha", layer, merged=True, lora_dim=2)
+        assert new < weight_bytes / 4, (layer, new, weight_bytes)
+
+
+def test_loha_size_rule_takes_the_factors_where_few_positions_meet_a_big_weight():
+    big = LohaModule("big", torch.nn.Conv2d(1280, 1280, 3, padding=1), lora_dim=8, alpha=4)
+    small = LohaModule("small", torch.nn.Linear(320, 320), lora_dim=16, alpha=8)
+    assert mf._columns(big, torch.empty(1, 1280, 8, 8)) == 64
+    assert mf._columns(small, torch.empty(2, 1024, 320)) == 2048
+    assert mf._loha_prefers_factors(big, 64)  # 8x8 latent: rank 64 against 14.7 M weights
+    assert not mf._loha_prefers_factors(small, 1024)  # 32x32 tokens: rank 256 against a 320x320 weight
 
 
 def test_merged_forward_at_multiplier_zero_is_the_base_layer():

@@ -23,6 +23,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 
 from ..model.autocast import autocast_off, compute_dtype
 
@@ -165,10 +166,61 @@ def _tuple(value, dims: int) -> list[int]:
     return list(value) if isinstance(value, (tuple, list)) else [value] * dims
 
 
+# What one full-size pass over a weight (read or write, memory-bound) costs, in multiply-adds per
+# weight element: a bf16 GEMM here runs ~200 G multiply-adds/s, memory moves ~5 G elements/s.
+PASS_COST = 40
+# Full-size passes the merged form makes per step (rebuild, merge, weight gradient, contractions).
+MERGED_PASSES = 26
+
+
+def _columns(lora, x: torch.Tensor) -> int:
+    """How many output positions the layer computes: tokens for a linear, batch x pixels for a conv."""
+    if lora.module_type == "linear":
+        return x.numel() // x.shape[-1]
+    kw, dims = lora.kw_dict, _CONVS[lora.module_type]
+    count = x.shape[0]
+    for size, k, stride, pad, dil in zip(x.shape[2:], lora.shape[2:], _tuple(kw["stride"], dims),
+                                         _tuple(kw["padding"], dims), _tuple(kw["dilation"], dims)):
+        count *= (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    return count
+
+
+def _loha_prefers_factors(lora, columns: int) -> bool:
+    """LoHa's ΔW is a rank-(r1·r2) product (see _loha_factor_bypass). Through those factors the
+    extra work is ~3·n·r1·r2·(in·k + out) multiply-adds and no full-size tensor; merged it is the
+    weight gradient n·out·in·k plus MERGED_PASSES passes over the weight. Few output positions
+    (the low-resolution levels, where the big layers are) favour the factors."""
+    if lora.module_type != "linear" and lora.kw_dict.get("groups", 1) != 1:
+        return False
+    out, in_k = lora.shape[0], lora.hada_w1_b.shape[1]
+    r2 = lora.hada_w1_b.shape[0] * lora.hada_w2_b.shape[0]
+    return 3 * columns * r2 * (in_k + out) < out * in_k * (columns + MERGED_PASSES * PASS_COST)
+
+
+def _loha_factor_bypass(lora, x: torch.Tensor, c: float) -> torch.Tensor:
+    """base(x) + x·ΔWᵀ with ΔW = c·(w1a w1b) ⊙ (w2a w2b) written as up @ down, where
+    down[(r,s), i] = w1b[r, i]·w2b[s, i] and up[o, (r,s)] = c·w1a[o, r]·w2a[o, s]: a LoRA of rank
+    r1·r2 built from the factors each step, so autograd keeps rank-sized tensors only."""
+    w1a, w1b, w2a, w2b = lora.hada_w1_a, lora.hada_w1_b, lora.hada_w2_a, lora.hada_w2_b
+    rank = w1b.shape[0] * w2b.shape[0]
+    down = (w1b[:, None, :] * w2b[None, :, :]).reshape(rank, -1)
+    up = (w1a[:, :, None] * w2a[:, None, :]).reshape(w1a.shape[0], rank) * c
+    if lora.module_type == "linear":
+        delta = F.linear(F.linear(x, down), up)
+    else:
+        dims = _CONVS[lora.module_type]
+        hidden = lora.op(x, down.view(rank, *lora.shape[1:]), None, **lora.kw_dict)
+        delta = lora.op(hidden, up.view(*up.shape, *[1] * dims))
+    return lora.org_forward(x) + delta
+
+
 def merged_forward(lora, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """What lycoris' rebuild forward computes (base op + op on m·ΔW), as one op on the merged weight."""
+    """What lycoris' rebuild forward computes (base op + op on m·ΔW): for a LoHa layer with few
+    output positions through its factors, otherwise as one op on the merged weight."""
     if scale == 0:
         return lora.org_forward(x)
+    if type(lora).__name__ == "LohaModule" and _loha_prefers_factors(lora, _columns(lora, x)):
+        return _loha_factor_bypass(lora, x, float(lora.scale) * float(lora.scalar) * scale)
     return _MergedOp.apply(x, lora, float(scale), *lora.parameters())
 
 
