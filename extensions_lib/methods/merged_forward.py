@@ -7,13 +7,17 @@ the SD1.5 UNet with conv layers that is several GiB, the whole model again and m
 the layer's op twice forward and twice backward.
 
 Here one autograd function per layer runs the op once on the merged weight W + m·ΔW (as the WebUI
-applies the file; rebuilt in bf16 when the layer computes in bf16, else in fp32) and saves only the layer input,
-which the graph holds anyway. Backward rebuilds ΔW from the factors, takes the input gradient
-through the merged weight and the weight gradient from input and output gradient, and contracts
-that with the rebuilt halves into the factors' gradients (the formulas of lycoris' `get_weight`,
-in as few full-size passes as they allow). Every full-size tensor lives only while its layer
-runs. Cost per adapted layer: one op forward, two backward (input and weight gradient), against
-lycoris' two and three.
+applies the file; rebuilt in bf16 when the layer computes in bf16, else in fp32) and saves only
+the layer input, which the graph holds anyway. Backward rebuilds ΔW from the factors, takes the
+input gradient through the merged weight and the weight gradient from input and output gradient,
+and contracts that with the rebuilt halves into the factors' gradients (the formulas of lycoris'
+`get_weight`, in as few full-size passes as they allow). Every full-size tensor lives only while
+its layer runs. Cost per adapted layer: one op forward, two backward (input and weight gradient),
+against lycoris' two and three, plus the memory-bound passes over the weight.
+
+Where a LoHa layer computes few output positions (the big layers of the low-resolution levels),
+those passes cost far more than the op, and it goes through its factors instead
+(`_loha_factor_bypass`), which makes no full-size tensor at all.
 
 Modules this does not cover (Tucker, rank dropout, DoRA, a trained scalar, non-zero padding modes,
 quantised bases) keep lycoris' own forward.
