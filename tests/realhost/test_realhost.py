@@ -31,8 +31,9 @@ restart; every module in a LoRA-family file is matched by the WebUI's Lora suppo
 weights 0.5, 1.0 and 1.5 succeeds (no NansException, not black) and differs from the image without it (for the
 embedding: from the same prompt made before the embedding existed, `(word:0.5)` etc.); the image without it is
 byte-identical to the one made before any training; the WebUI's RSS while training stays within a
-per-method bound of its size just before. Files are written as rhtest_<method>_<time> and left in place. On a
-2-core CPU the six methods take about 10-20 minutes, on the WebUI with a full-size SD1.5 checkpoint.
+per-method bound of its size just before. Files are written as rhtest_<method>_<time> and left in place. With a
+full-size SD1.5 checkpoint on a busy 2-core CPU a method takes 4-9 minutes (training 25-130 s, the rest is txt2img);
+the WebUI then peaks near 9 GiB, as its Lora support keeps a CPU copy of every weight a LoRA touched.
 """
 import base64
 import io
@@ -61,7 +62,9 @@ METHODS = ["lora", "locon", "loha", "lokr", "embedding", "hypernetwork"]
 LORA_FAMILY = {"lora", "locon", "loha", "lokr"}
 WEIGHTS = (0.5, 1.0, 1.5)
 GIB = 2 ** 30
-# RSS the WebUI may gain while training, above its size just before the run (GiB)
+# RSS the WebUI may gain while training, above its size just before the run (GiB). The trainer reuses the WebUI's
+# weights; what it adds is activations, the network and its optimizer state (LoHa/LoKr also rebuild each layer's
+# full-size update in the forward pass).
 RSS_BOUND_GIB = {"lora": 1.5, "locon": 1.5, "embedding": 1.5, "hypernetwork": 1.5, "loha": 3.0, "lokr": 3.0}
 RES = 128
 PROMPT = "a photo of a cat on a table"
@@ -313,7 +316,7 @@ def run(request, host):
         except OSError as e:
             code, r = None, f"{URL} stopped answering: {e!r}"
         rec["post"] = (code, r)
-        st = {}
+        st, timeline, last = {}, [], None
         if code == 200:
             job_id = r["job_id"]
             while time.time() - t0 < TRAIN_TIMEOUT_S:
@@ -322,6 +325,11 @@ def run(request, host):
                 except OSError as e:   # the WebUI went away (killed for memory, crashed)
                     st = {"state": "webui gone", "error": f"{URL} stopped answering: {e!r}"}
                     break
+                now = (st.get("state"), st.get("step"))
+                if now != last:   # RSS at each state / step change: where a peak happens
+                    rss = mem.read()
+                    timeline.append([round(time.time() - t0, 1), *now, round(rss / GIB, 2) if rss else None])
+                    last = now
                 if c == 200 and st.get("job_id") == job_id and st.get("state") in ("done", "stopped", "error"):
                     break
                 time.sleep(1)
@@ -332,7 +340,8 @@ def run(request, host):
              steps=st.get("step"), idle_rss_gib=round(mem.before / GIB, 2) if mem.before else None,
              peak_rss_gib=round(mem.peak / GIB, 2) if mem.peak else None,
              extra_rss_gib=round((mem.peak - mem.before) / GIB, 2) if mem.before and mem.peak else None,
-             rss_after_gib=round(mem.after / GIB, 2) if mem.after else None, error=st.get("error"))
+             rss_after_gib=round(mem.after / GIB, 2) if mem.after else None, error=st.get("error"),
+             rss_timeline_s_state_step_gib=timeline)
     write_summary()
     return rec
 
