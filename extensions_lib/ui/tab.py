@@ -461,6 +461,10 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
 
             def poll_page(last):
                 out, now = poll(last)
+                # gradio 3 runs an `every` event as one loop per page with the inputs of its first call:
+                # the State value returned is not what the next call gets, the same dict object is
+                last.clear()
+                last.update(now)
                 return out + [now]
 
             tab.load(poll_page, inputs=[seen_state], outputs=poll_outputs + [seen_state], **poll_options)
