@@ -329,3 +329,15 @@ def test_a_users_card_picture_is_kept_unless_overwrite(tmp_path, existing):
     result = run_training(cfg, StandaloneHost(tiny_bundle()))
     with Image.open(result.output_path.with_suffix(".png")) as img:
         assert img.size == (384, 384)
+
+
+def test_a_lycoris_that_cannot_import_gets_a_message_naming_the_version_to_install(monkeypatch):
+    import sys
+
+    from extensions_lib.hosts.base import HostError
+    from extensions_lib.methods.lora import build_network
+
+    monkeypatch.setitem(sys.modules, "lycoris.kohya", None)  # import fails, as 4.1 does on torch < 2.4
+    cfg = quick_config(Path("data"), Path("out"), "loha")
+    with pytest.raises(HostError, match=r"lycoris-lora==4\.0\.0.*torch < 2\.4"):
+        build_network(cfg, None, torch.nn.Linear(2, 2))

@@ -16,6 +16,7 @@ from ..config import TrainConfig
 from ..export.atomic import save_safetensors
 from ..export.hashes import with_hashes
 from ..export.metadata import lora_metadata
+from ..hosts.base import HostError
 from ..model.bundle import ModelBundle
 from .base import Method, SaveInfo
 from .lora_bypass import use_lean_bypass
@@ -61,11 +62,24 @@ def lora_targets(method: str, conv_dim: int) -> dict:
     )
 
 
+def _lycoris_network_class():
+    """lycoris' kohya network class, or a message saying which lycoris-lora this torch needs."""
+    try:
+        from lycoris.kohya import LycorisNetworkKohya
+    except (ImportError, AttributeError) as e:  # 4.1 on torch < 2.4 fails inside its import
+        raise HostError(
+            f"lycoris-lora could not be imported ({type(e).__name__}: {e}). lycoris-lora 4.1 needs torch 2.4 or "
+            f"newer; this is torch {torch.__version__}. Restart the WebUI so this extension's install.py puts in "
+            "the version that fits, or run: pip install \"lycoris-lora==4.0.0\" (torch < 2.4) / "
+            "\"lycoris-lora==4.1.3\" (torch >= 2.4).") from e
+    return LycorisNetworkKohya
+
+
 def build_network(cfg: TrainConfig, text_encoder, unet):
     """A LycorisNetworkKohya over the given modules (not yet applied)."""
     import logging
 
-    from lycoris.kohya import LycorisNetworkKohya
+    LycorisNetworkKohya = _lycoris_network_class()
 
     n = cfg.network
     extra = {}
