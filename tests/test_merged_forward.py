@@ -53,8 +53,9 @@ def _run(algo, layer, merged: bool, autocast: bool = False, **extra):
 
 @pytest.fixture(params=["merged", "factors"])
 def loha_form(request, monkeypatch):
-    """Which of its two forms a LoHa layer takes (the size rule picks one per call)."""
+    """Which of its two forms a LoHa / LoKr layer takes (LoHa's size rule picks one per call)."""
     monkeypatch.setattr(mf, "_loha_prefers_factors", lambda lora, columns: request.param == "factors")
+    monkeypatch.setattr(mf, "_lokr_prefers_factors", lambda lora: request.param == "factors")
     return request.param
 
 
@@ -108,6 +109,7 @@ def _saved_bytes(algo, layer, merged: bool, **extra) -> tuple[int, int]:
 @pytest.mark.parametrize("algo", ["loha", "lokr"])
 def test_merged_forward_keeps_no_full_size_weight_for_backward(algo, monkeypatch):
     monkeypatch.setattr(mf, "_loha_prefers_factors", lambda lora, columns: False)
+    monkeypatch.setattr(mf, "_lokr_prefers_factors", lambda lora: False)
     for layer in ("linear", "conv3x3_strided"):
         old, weight_bytes = _saved_bytes(algo, layer, merged=False)
         new, _ = _saved_bytes(algo, layer, merged=True)
@@ -115,10 +117,12 @@ def test_merged_forward_keeps_no_full_size_weight_for_backward(algo, monkeypatch
         assert new < weight_bytes / 4, (layer, new, weight_bytes)
 
 
-def test_loha_through_its_factors_keeps_rank_sized_tensors_only(monkeypatch):
+@pytest.mark.parametrize("algo", ["loha", "lokr"])
+def test_through_the_factors_only_rank_or_activation_sized_tensors_are_kept(algo, monkeypatch):
     monkeypatch.setattr(mf, "_loha_prefers_factors", lambda lora, columns: True)
+    monkeypatch.setattr(mf, "_lokr_prefers_factors", lambda lora: True)
     for layer in WIDE:
-        new, weight_bytes = _saved_bytes("loha", layer, merged=True, lora_dim=2)
+        new, weight_bytes = _saved_bytes(algo, layer, merged=True, lora_dim=2)
         assert new < weight_bytes / 4, (layer, new, weight_bytes)
 
 

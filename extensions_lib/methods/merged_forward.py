@@ -17,7 +17,8 @@ against lycoris' two and three, plus the memory-bound passes over the weight.
 
 Where a LoHa layer computes few output positions (the big layers of the low-resolution levels),
 those passes cost far more than the op, and it goes through its factors instead
-(`_loha_factor_bypass`), which makes no full-size tensor at all.
+(`_loha_factor_bypass`), which makes no full-size tensor at all. LoKr always does
+(`_lokr_factor_bypass`): its Kronecker halves act on channel groups for about 1/a of the op.
 
 Modules this does not cover (Tucker, rank dropout, DoRA, a trained scalar, non-zero padding modes,
 quantised bases) keep lycoris' own forward.
@@ -78,10 +79,11 @@ class _LokrDelta:
     def __init__(self, lora, c: float, dtype: torch.dtype):
         self.lora, self.c, self.dtype = lora, c, dtype
         with torch.no_grad():
-            self.w1, self.w2 = (h.to(dtype) for h in self.halves())
+            self.w1, self.w2 = (h.to(dtype) for h in self.halves(lora))
 
-    def halves(self) -> tuple[torch.Tensor, torch.Tensor]:
-        lora = self.lora
+    @staticmethod
+    def halves(lora) -> tuple[torch.Tensor, torch.Tensor]:
+        """w1 [a, b] and w2 [p, q·k], each a full matrix or its low-rank product."""
         w1 = lora.lokr_w1 if lora.use_w1 else lora.lokr_w1_a @ lora.lokr_w1_b
         if lora.use_w2:
             w2 = lora.lokr_w2
@@ -102,7 +104,7 @@ class _LokrDelta:
         grad_w1 = torch.einsum("apbq,pq->ab", g4, self.w2).float().mul_(self.c)
         grad_w2 = torch.einsum("apbq,ab->pq", g4, self.w1).float().mul_(self.c)
         with torch.enable_grad():
-            w1, w2 = self.halves()
+            w1, w2 = self.halves(self.lora)
         halves = [(h, gh) for h, gh in ((w1, grad_w1), (w2, grad_w2)) if h.requires_grad]
         if not halves:
             return {}
@@ -201,6 +203,12 @@ def _loha_prefers_factors(lora, columns: int) -> bool:
     return 3 * columns * r2 * (in_k + out) < out * in_k * (columns + MERGED_PASSES * PASS_COST)
 
 
+def _lokr_prefers_factors(lora) -> bool:
+    """LoKr through its halves costs about 1/a of the layer's op and makes no full-size tensor; the
+    merged form stays for grouped convolutions, which the channel groups here would cut across."""
+    return lora.module_type == "linear" or lora.kw_dict.get("groups", 1) == 1
+
+
 def _loha_factor_bypass(lora, x: torch.Tensor, c: float) -> torch.Tensor:
     """base(x) + x·ΔWᵀ with ΔW = c·(w1a w1b) ⊙ (w2a w2b) written as up @ down, where
     down[(r,s), i] = w1b[r, i]·w2b[s, i] and up[o, (r,s)] = c·w1a[o, r]·w2a[o, s]: a LoRA of rank
@@ -218,13 +226,35 @@ def _loha_factor_bypass(lora, x: torch.Tensor, c: float) -> torch.Tensor:
     return lora.org_forward(x) + delta
 
 
+def _lokr_factor_bypass(lora, x: torch.Tensor, c: float) -> torch.Tensor:
+    """base(x) + x·ΔWᵀ with ΔW = c·kron(w1, w2) and no full-size tensor: input channels come in b
+    groups of q, output channels in a groups of p, so the delta is w2 applied within every input
+    group (a linear, or a convolution over each group as its own image) and w1 mixing the groups."""
+    halves = _LokrDelta.halves(lora)
+    w1, w2 = halves[0] * c, halves[1]
+    (a, b), p = w1.shape, w2.shape[0]
+    if lora.module_type == "linear":
+        inner = F.linear(x.unflatten(-1, (b, -1)), w2)                            # [..., b, p]
+        delta = torch.matmul(w1, inner).flatten(-2)                               # [..., a·p]
+    else:
+        n, dims = x.shape[0], _CONVS[lora.module_type]
+        grouped = x.reshape(n * b, -1, *x.shape[2:])                             # [n·b, q, ...]
+        inner = lora.op(grouped, w2.view(p, -1, *lora.shape[2:]), None, **lora.kw_dict)
+        inner = inner.unflatten(0, (n, b))                                        # [n, b, p, ...]
+        delta = torch.einsum("ij,njp...->nip...", w1.to(inner.dtype), inner).flatten(1, 2)
+    return lora.org_forward(x) + delta
+
+
 def merged_forward(lora, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """What lycoris' rebuild forward computes (base op + op on m·ΔW): for a LoHa layer with few
     output positions through its factors, otherwise as one op on the merged weight."""
     if scale == 0:
         return lora.org_forward(x)
+    c = float(lora.scale) * float(lora.scalar) * scale
     if type(lora).__name__ == "LohaModule" and _loha_prefers_factors(lora, _columns(lora, x)):
-        return _loha_factor_bypass(lora, x, float(lora.scale) * float(lora.scalar) * scale)
+        return _loha_factor_bypass(lora, x, c)
+    if type(lora).__name__ == "LokrModule" and _lokr_prefers_factors(lora):
+        return _lokr_factor_bypass(lora, x, c)
     return _MergedOp.apply(x, lora, float(scale), *lora.parameters())
 
 
