@@ -171,3 +171,19 @@ def test_frozen_factors_get_no_gradient_and_the_others_the_right_one(algo):
     assert want[0] is None and got[0] is None
     for g, w in zip(got[1:], want[1:]):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("algo", ["loha", "lokr"])
+def test_factor_forms_run_on_a_half_precision_base_without_autocast(algo, monkeypatch):
+    monkeypatch.setattr(mf, "_loha_prefers_factors", lambda lora, columns: True)
+    for layer in ("linear", "conv3x3_strided"):
+        base, module = _module(algo, layer)
+        base.to(torch.bfloat16)
+        module.apply_to()
+        use_merged_forward([module])
+        x = torch.randn(LAYERS[layer][1]).to(torch.bfloat16).requires_grad_(True)
+        y = base(x)
+        y.float().sum().backward()
+        module.restore()
+        assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.parameters())

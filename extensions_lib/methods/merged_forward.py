@@ -215,8 +215,9 @@ def _loha_factor_bypass(lora, x: torch.Tensor, c: float) -> torch.Tensor:
     r1·r2 built from the factors each step, so autograd keeps rank-sized tensors only."""
     w1a, w1b, w2a, w2b = lora.hada_w1_a, lora.hada_w1_b, lora.hada_w2_a, lora.hada_w2_b
     rank = w1b.shape[0] * w2b.shape[0]
-    down = (w1b[:, None, :] * w2b[None, :, :]).reshape(rank, -1)
-    up = (w1a[:, :, None] * w2a[:, None, :]).reshape(w1a.shape[0], rank) * c
+    dtype = compute_dtype(x.device, x.dtype)  # the input's, as lycoris' bypass (a half-precision base, no autocast)
+    down = (w1b[:, None, :] * w2b[None, :, :]).reshape(rank, -1).to(dtype)
+    up = ((w1a[:, :, None] * w2a[:, None, :]).reshape(w1a.shape[0], rank) * c).to(dtype)
     if lora.module_type == "linear":
         delta = F.linear(F.linear(x, down), up)
     else:
@@ -230,8 +231,9 @@ def _lokr_factor_bypass(lora, x: torch.Tensor, c: float) -> torch.Tensor:
     """base(x) + x·ΔWᵀ with ΔW = c·kron(w1, w2) and no full-size tensor: input channels come in b
     groups of q, output channels in a groups of p, so the delta is w2 applied within every input
     group (a linear, or a convolution over each group as its own image) and w1 mixing the groups."""
+    dtype = compute_dtype(x.device, x.dtype)  # the input's, as lycoris' bypass (a half-precision base, no autocast)
     halves = _LokrDelta.halves(lora)
-    w1, w2 = halves[0] * c, halves[1]
+    w1, w2 = (halves[0] * c).to(dtype), halves[1].to(dtype)
     (a, b), p = w1.shape, w2.shape[0]
     if lora.module_type == "linear":
         inner = F.linear(x.unflatten(-1, (b, -1)), w2)                            # [..., b, p]
@@ -241,7 +243,7 @@ def _lokr_factor_bypass(lora, x: torch.Tensor, c: float) -> torch.Tensor:
         grouped = x.reshape(n * b, -1, *x.shape[2:])                             # [n·b, q, ...]
         inner = lora.op(grouped, w2.view(p, -1, *lora.shape[2:]), None, **lora.kw_dict)
         inner = inner.unflatten(0, (n, b))                                        # [n, b, p, ...]
-        delta = torch.einsum("ij,njp...->nip...", w1.to(inner.dtype), inner).flatten(1, 2)
+        delta = torch.einsum("ij,njp...->nip...", w1, inner).flatten(1, 2)
     return lora.org_forward(x) + delta
 
 
