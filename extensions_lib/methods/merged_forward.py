@@ -112,10 +112,14 @@ class _LokrDelta:
         return dict(zip(wanted, found))
 
 
-def _rebuild(lora, scale: float, compute: torch.dtype):
+def _scale(lora, multiplier: float) -> float:
+    """c in m·ΔW = c·(the factors' product): lycoris' alpha/rank scale, its fixed scalar, the multiplier."""
+    return float(lora.scale) * float(lora.scalar) * multiplier
+
+
+def _rebuild(lora, c: float, compute: torch.dtype):
     """The module's m·ΔW, rebuilt in bf16 when the layer computes in bf16 (the full-size passes are
     memory-bound: half the bytes, and no cast of the merged weight), else in fp32."""
-    c = float(lora.scale) * float(lora.scalar) * scale
     dtype = torch.bfloat16 if compute == torch.bfloat16 else torch.float32
     return (_LohaDelta if type(lora).__name__ == "LohaModule" else _LokrDelta)(lora, c, dtype)
 
@@ -129,14 +133,14 @@ class _MergedOp(torch.autograd.Function):
     """y = op(x, W + m·ΔW, b); saves x only; the factors get their gradients from the rebuilt ΔW."""
 
     @staticmethod
-    def forward(ctx, x, lora, scale, *params):
+    def forward(ctx, x, lora, c, *params):
         base = lora._current_weight()
         dtype = compute_dtype(x.device, base.dtype)
         with torch.no_grad(), autocast_off(x.device):
-            weight = _rebuild(lora, scale, dtype).merged(base, keep=False).to(dtype).view(base.shape)
+            weight = _rebuild(lora, c, dtype).merged(base, keep=False).to(dtype).view(base.shape)
         y = _run_op(lora, x, weight, lora._current_bias(), dtype)
         ctx.save_for_backward(x)
-        ctx.lora, ctx.scale, ctx.params = lora, scale, params
+        ctx.lora, ctx.c, ctx.params = lora, c, params
         return y
 
     @staticmethod
@@ -146,7 +150,7 @@ class _MergedOp(torch.autograd.Function):
         wanted = [p for p, need in zip(ctx.params, ctx.needs_input_grad[3:]) if need]
         base = lora._current_weight()
         with autocast_off(x.device):
-            delta = _rebuild(lora, ctx.scale, dtype)
+            delta = _rebuild(lora, ctx.c, dtype)
             with torch.no_grad():
                 weight = delta.merged(base, keep=True).to(dtype).view(base.shape)
             xc = x.to(dtype)
@@ -248,16 +252,16 @@ def _lokr_factor_bypass(lora, x: torch.Tensor, c: float) -> torch.Tensor:
 
 
 def merged_forward(lora, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """What lycoris' rebuild forward computes (base op + op on m·ΔW): for a LoHa layer with few
-    output positions through its factors, otherwise as one op on the merged weight."""
+    """What lycoris' rebuild forward computes (base op + op on m·ΔW): LoKr, and a LoHa layer with
+    few output positions, through their factors; otherwise as one op on the merged weight."""
     if scale == 0:
         return lora.org_forward(x)
-    c = float(lora.scale) * float(lora.scalar) * scale
+    c = _scale(lora, scale)
     if type(lora).__name__ == "LohaModule" and _loha_prefers_factors(lora, _columns(lora, x)):
         return _loha_factor_bypass(lora, x, c)
     if type(lora).__name__ == "LokrModule" and _lokr_prefers_factors(lora):
         return _lokr_factor_bypass(lora, x, c)
-    return _MergedOp.apply(x, lora, float(scale), *lora.parameters())
+    return _MergedOp.apply(x, lora, c, *lora.parameters())
 
 
 def use_merged_forward(loras) -> int:
