@@ -81,7 +81,8 @@ def run_demo(out: Path, seconds: float = 60.0) -> int:
 
     from .config import TrainConfig
     from .hosts.standalone import StandaloneHost
-    from .model.ldm import bundle_from_ldm, tiny_ldm_state_dict
+    from .model.ldm import bundle_from_ldm
+    from .model.tiny import tiny_ldm_state_dict
     from .train.console import ConsoleProgress
     from .train.evaluate import evaluate_loss
     from .train.session import build_dataset, cache_latents, run_training, scan

@@ -32,7 +32,7 @@ from extensions_lib.hosts import a1111 as a1111_mod  # noqa: E402
 from extensions_lib.hosts.a1111 import A1111Host  # noqa: E402
 from extensions_lib.hosts.a1111_guard import WebUIModelChanged  # noqa: E402
 from extensions_lib.hosts.base import HostError  # noqa: E402
-from extensions_lib.model.ldm import tiny_ldm_state_dict  # noqa: E402
+from extensions_lib.model.tiny import tiny_ldm_state_dict  # noqa: E402
 from extensions_lib.train.events import Callbacks, Commands, MultiCallbacks  # noqa: E402
 from extensions_lib.train.session import run_training  # noqa: E402
 from helpers import TOKENIZER_DIR, make_images, quick_config  # noqa: E402

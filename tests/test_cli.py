@@ -9,7 +9,7 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from extensions_lib.model.ldm import tiny_ldm_state_dict
+from extensions_lib.model.tiny import tiny_ldm_state_dict
 
 from helpers import TOKENIZER_DIR, make_images, quick_config
 

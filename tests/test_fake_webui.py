@@ -409,7 +409,7 @@ def test_extension_scripts_import_with_the_extension_on_sys_path_only_while_load
 def test_builds_from_the_projects_tiny_ldm_state_dict_and_computes_like_its_bundle(tmp_path):
     ldm = pytest.importorskip("extensions_lib.model.ldm")
     tiny = pytest.importorskip("extensions_lib.model.tiny")
-    sd, tok = ldm.tiny_ldm_state_dict(tmp_path / "tok", seed=3)
+    sd, tok = tiny.tiny_ldm_state_dict(tmp_path / "tok", seed=3)
     m = fw.load_model(fsm.make_fake_sd_model(sd, tok))
     held = m.state_dict()
     for key, tensor in sd.items():   # every checkpoint tensor is held, in place, under its WebUI name

@@ -14,8 +14,8 @@ from extensions_lib.model import tiny
 from extensions_lib.model.bundle import SD1, SD2
 from extensions_lib.model.checkpoint import load_bundle, load_checkpoint
 from extensions_lib.model.errors import CheckpointError, TokenizerError, UnsupportedModelError
-from extensions_lib.model.ldm import (bundle_from_ldm, detect_version, ldm_from_diffusers, split_ldm,
-                                      tiny_ldm_state_dict)
+from extensions_lib.model.ldm import bundle_from_ldm, detect_version, ldm_from_diffusers, split_ldm
+from extensions_lib.model.tiny import tiny_ldm_state_dict
 from extensions_lib.model import ldm_configs, ldm_keys
 
 

@@ -15,11 +15,18 @@ FOLDERS = {"lora": "Lora", "embedding": "embeddings", "hypernetwork": "hypernetw
 
 
 class StandaloneHost(Host):
+    """Trains on `bundle` if one is given, else on the file named by model.checkpoint.
+
+    A given bundle belongs to the caller: it is cast to the training precision for the run and
+    handed back bit-identical (same tensors, dtype and device) afterwards. A bundle this host loaded
+    itself stays in the precision of the last run, to save reloading it; a later run that needs more
+    precision than that reloads the file rather than training on rounded weights."""
     name = "standalone"
 
     def __init__(self, bundle: Optional[ModelBundle] = None, *, output_root: Path | str = "output",
                  device: Optional[str] = None):
         self._bundle = bundle
+        self._owned = bundle is None          # True once this host loads the file itself
         self.output_root = Path(output_root)
         self._device = torch.device(device) if device else None
 
@@ -34,30 +41,57 @@ class StandaloneHost(Host):
 
     @contextmanager
     def borrow_bundle(self, cfg: TrainConfig):
+        dtype = TRAIN_DTYPES[cfg.training.mixed_precision]
+        if self._owned and self._bundle is not None and _held_dtype(self._bundle) not in (dtype, torch.float32):
+            self._bundle = None          # held rounded to another precision: the file is the truth
         if self._bundle is None:
-            from ..model.checkpoint import load_bundle
-
-            ckpt = Path(cfg.model.checkpoint)
-            if not ckpt.exists():
-                raise HostError(f"model.checkpoint: {ckpt} does not exist")
-            self._bundle = load_bundle(ckpt, tokenizer_dir=cfg.model.tokenizer or None,
-                                       vae_path=cfg.model.vae or None, v_prediction=cfg.model.v_prediction)
+            self._bundle = self._load(cfg)
         bundle = self._bundle
         bundle.freeze()
-        # The host owns these weights, so it stores the frozen UNet/text encoder in the training
-        # precision (bf16 halves memory and spares autocast a weight cast per layer per step, as
-        # sd-scripts does); the VAE stays fp32 for clean latents.
-        dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.training.mixed_precision]
-        for module in (bundle.unet, bundle.text_encoder):
-            p = next(module.parameters())
-            if p.device != self.device() or p.dtype != dtype:
-                module.to(self.device(), dtype)
-        vae = next(bundle.vae.parameters())
-        if vae.device != self.device() or vae.dtype != torch.float32:
-            bundle.vae.to(self.device(), torch.float32)
-        yield bundle
+        # The frozen UNet/text encoder run in the training precision (bf16 halves memory and spares
+        # autocast a weight cast per layer per step, as sd-scripts does); the VAE stays fp32 for
+        # clean latents.
+        targets = [(bundle.unet, dtype), (bundle.text_encoder, dtype), (bundle.vae, torch.float32)]
+        if self._owned:
+            for module, want in targets:
+                _cast(module, self.device(), want)
+            yield bundle
+            return
+        originals = [t for module, want in targets for t in _cast(module, self.device(), want)]
+        try:
+            yield bundle
+        finally:
+            for tensor, data in originals:      # the caller's own tensors, untouched by the run
+                tensor.data = data
+
+    def _load(self, cfg: TrainConfig) -> ModelBundle:
+        from ..model.checkpoint import load_bundle
+
+        ckpt = Path(cfg.model.checkpoint)
+        if not ckpt.exists():
+            raise HostError(f"model.checkpoint: {ckpt} does not exist")
+        return load_bundle(ckpt, tokenizer_dir=cfg.model.tokenizer or None,
+                           vae_path=cfg.model.vae or None, v_prediction=cfg.model.v_prediction)
 
     def output_dir(self, kind: str, cfg: TrainConfig) -> Path:
         if cfg.output.output_dir:
             return Path(cfg.output.output_dir)
         return self.output_root / FOLDERS[kind]
+
+
+TRAIN_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _held_dtype(bundle: ModelBundle) -> torch.dtype:
+    return next(bundle.unet.parameters()).dtype
+
+
+def _cast(module: torch.nn.Module, device, dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Move the floating-point parameters and buffers of `module` to device/dtype in place; returns
+    (tensor, previous data) for each one changed, so the caller can put them back exactly."""
+    changed = []
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.is_floating_point() and (t.device != device or t.dtype != dtype):
+            changed.append((t, t.data))
+            t.data = t.data.to(device, dtype)
+    return changed

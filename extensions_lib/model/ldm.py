@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
@@ -20,7 +19,6 @@ from . import ldm_configs as cfgs
 from . import ldm_keys as keys
 from .bundle import SD1, SD2, ModelBundle, make_noise_scheduler
 from .errors import TokenizerError, UnsupportedModelError
-from .tiny import TINY, ModelSize, build_tiny_bundle
 
 Tensor = torch.Tensor
 
@@ -358,11 +356,3 @@ def ldm_from_diffusers(unet, text_encoder, vae, version: str) -> dict[str, Tenso
     for k, v in cfgs.vae_hints(vae).items():
         sd[keys.VAE_PREFIX + cfgs.HINT + k] = v
     return sd
-
-
-def tiny_ldm_state_dict(tokenizer_dir: Path, size: ModelSize = TINY, version: str = SD1, seed: int = 0):
-    """(LDM state dict, tokenizer) of a seeded random tiny model (tiny.py), e.g. for tests/demos.
-    size=tiny.SD15 gives the full SD1.5 shapes (for benchmarks)."""
-    bundle = build_tiny_bundle(Path(tokenizer_dir), size, version=version, seed=seed)
-    sd = ldm_from_diffusers(bundle.unet, bundle.text_encoder, bundle.vae, version)
-    return sd, bundle.tokenizer

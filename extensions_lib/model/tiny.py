@@ -187,12 +187,14 @@ def build_tiny_bundle(
     return bundle
 
 
-def vae_downscale(vae) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+def tiny_ldm_state_dict(tokenizer_dir: Path, size: ModelSize = TINY, version: str = SD1, seed: int = 0):
+    """(LDM state dict, tokenizer) of a seeded random tiny model, laid out as a single-file
+    checkpoint is, for tests and the demo. size=SD15 gives the full SD1.5 shapes."""
+    from .ldm import ldm_from_diffusers
 
-
-def latent_channels(vae) -> int:
-    return int(vae.config.latent_channels)
+    bundle = build_tiny_bundle(Path(tokenizer_dir), size, version=version, seed=seed)
+    sd = ldm_from_diffusers(bundle.unet, bundle.text_encoder, bundle.vae, version)
+    return sd, bundle.tokenizer
 
 
 def default_tokenizer_dir(cache: Optional[Path] = None) -> Path:
