@@ -1,6 +1,6 @@
 """The AUTOMATIC1111 WebUI (1.10) as a host: train on the checkpoint it already holds.
 
-- check_ready: refuses, before any work, what cannot be trained on (see a1111_model.refusal) and a
+- check_ready: refuses Forge (it holds its models another way; see a1111_model.FORGE), refuses, before any work, what cannot be trained on (see a1111_model.refusal) and a
   second training while one runs.
 - exclusive: holds the WebUI's GPU queue (`modules.call_queue.queue_lock`, the lock txt2img,
   img2img and the API take) so generations wait instead of colliding, and runs the training as a
@@ -52,6 +52,8 @@ class A1111Host(Host):
 
     # -- refusals ------------------------------------------------------------------------------
     def check_ready(self, cfg: TrainConfig) -> None:
+        if webui_model.running_on_forge():
+            raise HostError(webui_model.FORGE)
         if _TRAINING.locked() and not self._holding:
             raise HostError(BUSY)
         sd_model = webui_model.loaded_model()

@@ -37,6 +37,22 @@ FP8_DTYPES = tuple(d for d in (getattr(torch, "float8_e4m3fn", None), getattr(to
 WHAT_WORKS = ("The trainer works on Stable Diffusion 1.x and 2.x text-to-image checkpoints (4-channel UNet); "
               "select one in the checkpoint dropdown at the top of the page.")
 
+FORGE = ("This is Stable Diffusion WebUI Forge. Trainer trains on the model the way the AUTOMATIC1111 WebUI "
+         "1.10 holds it; Forge holds its models differently (its own UNet patcher and memory management), so "
+         "Trainer cannot train here yet. Use the AUTOMATIC1111 WebUI 1.10, or train outside the WebUI with "
+         "`python -m extensions_lib ui --checkpoint <model.safetensors>` and copy the file it writes to "
+         "Forge's models/Lora folder.")
+
+
+def running_on_forge() -> bool:
+    """Forge ships the package modules_forge; the AUTOMATIC1111 WebUI does not."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("modules_forge") is not None
+    except (ImportError, ValueError):
+        return False
+
 
 # ------------------------------------------------------------------------------ what is loaded
 

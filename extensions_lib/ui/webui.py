@@ -1,4 +1,5 @@
-"""What scripts/train_tab.py registers with the WebUI (AUTOMATIC1111 1.10 or Forge).
+"""What scripts/train_tab.py registers with the WebUI (AUTOMATIC1111 1.10; on Forge, a tab that says
+why it cannot train there).
 
 Kept here, not in scripts/, so it is importable and testable; the script only registers these
 callbacks. The WebUI modules and the host adapter are imported inside the callbacks: importing
@@ -57,15 +58,29 @@ def defaults() -> TrainConfig:
 
 
 def on_ui_tabs():
+    from ..hosts.a1111_model import running_on_forge
     from .tab import ELEM_ID, build_tab, tab_label
 
     h = host()
+    if running_on_forge():
+        return [(forge_notice(), "Trainer", ELEM_ID)]
     try:
         poll = max(0.25, float(_opt(OPT_POLL, 1.0)))
     except (TypeError, ValueError):
         poll = 1.0
     tab = build_tab(h, job(), defaults=defaults(), poll_seconds=poll)
     return [(tab, tab_label(h), ELEM_ID)]
+
+
+def forge_notice():
+    """The tab on Forge: only the reason it cannot train there, and what to do instead."""
+    import gradio as gr
+
+    from ..hosts.a1111_model import FORGE
+
+    with gr.Blocks(analytics_enabled=False) as notice:
+        gr.Markdown(FORGE, elem_id="trainer_ext_forge_notice")
+    return notice
 
 
 def on_ui_settings():
