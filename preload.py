@@ -1,4 +1,4 @@
-"""Command-line options of the Train extension.
+"""Command-line options of the Trainer extension.
 
 The WebUI loads this file by path (modules/script_loading.preload_extensions) before it parses the
 command line and calls preload(parser); the values end up in modules.shared.cmd_opts as
@@ -26,13 +26,13 @@ def _resolution(value: str) -> int:
 def preload(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trainer-output-dir", type=_absolute_path, default=None,
-        help="Train extension: folder for its working files (the on-disk latent cache when 'cache latents "
-             "to disk' is on). Finished LoRAs, embeddings and hypernetworks still go to the WebUI's model "
-             "folders. Default: a .latent_cache folder inside the dataset folder.")
+        help="Trainer extension: folder for its working files, i.e. the on-disk latent cache (PATH/latent_cache) "
+             "when 'cache latents to disk' is on. Finished LoRAs, embeddings and hypernetworks still go to the "
+             "WebUI's model folders. Default: a .latent_cache folder inside the dataset folder.")
     parser.add_argument(
         "--trainer-disable-api", action="store_true", default=False,
-        help="Train extension: do not add its REST API routes; the Train tab still works.")
+        help="Trainer extension: do not add its REST API routes; the Trainer tab still works.")
     parser.add_argument(
         "--trainer-max-resolution", type=_resolution, default=None,
-        help="Train extension: largest training resolution (side of a square bucket, in pixels) a user may "
+        help="Trainer extension: largest training resolution (side of a square bucket, in pixels) a user may "
              "pick, e.g. 768 on a shared server with little VRAM. Default: no limit.")

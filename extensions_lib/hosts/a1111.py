@@ -68,6 +68,7 @@ class A1111Host(Host):
         self._tokenizer(sd_model, cfg)       # refuse now if prompts cannot be tokenized (SD2: open_clip)
 
     def work_dir(self) -> Optional[Path]:
+        """--trainer-output-dir: where the on-disk latent cache goes (its latent_cache/ folder)."""
         folder = getattr(_cmd_opts(), "trainer_output_dir", None)
         return Path(folder) if folder else None
 
@@ -160,7 +161,7 @@ class A1111Host(Host):
     # -- files -----------------------------------------------------------------------------------
     def output_dir(self, kind: str, cfg: TrainConfig) -> Path:
         """cfg.output.output_dir, else the WebUI's folder for the kind (--lora-dir, --embeddings-dir,
-        --hypernetwork-dir). The extension's --trainer-output-dir is for logs and previews only."""
+        --hypernetwork-dir). The extension's --trainer-output-dir holds working files only (work_dir)."""
         if kind not in KINDS:
             raise ValueError(f"unknown output kind {kind!r}; expected one of {KINDS}")
         if cfg.output.output_dir:
