@@ -1,4 +1,4 @@
-"""Installs the Train extension's missing packages; the WebUI runs it, never the user.
+"""Installs the Trainer extension's missing packages; the WebUI runs it, never the user.
 
 The WebUI (modules/launch_utils.py, run_extension_installer) starts it as `python install.py` with
 the WebUI root on PYTHONPATH and the WebUI root as working directory, captures its output and prints
@@ -20,7 +20,7 @@ import launch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS = os.path.join(HERE, "requirements-extension.txt")
-TAG = "[Train extension]"
+TAG = "[Trainer extension]"
 
 
 def _load_install_plan():
@@ -89,7 +89,7 @@ def main() -> int:
         with os.fdopen(fd, "w", encoding="utf8") as f:
             f.write("\n".join(constraints) + "\n")
         for d in to_install:
-            desc = f"{d.spec} for the Train extension ({d.reason})"
+            desc = f"{d.spec} for the Trainer extension ({d.reason})"
             try:
                 launch.run_pip(d.pip_args(constraints_file), desc)
                 print(f"{TAG} installed {d.spec}")

@@ -1,4 +1,4 @@
-"""`python -m extensions_lib ui`: the Train tab on its own web server, with the REST API.
+"""`python -m extensions_lib ui`: the Trainer tab on its own web server, with the REST API.
 
 The tab is rendered into an outer Blocks the way the WebUI renders extension tabs, and the REST
 routes are added to the launched app the way the WebUI's on_app_started does, so this server is
@@ -86,8 +86,8 @@ def build_app(host: Host, job, defaults: Optional[TrainConfig] = None, poll_seco
     tab = build_tab(host, job, defaults=defaults, poll_seconds=poll_seconds)
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])   # no web-font download
-    with gr.Blocks(analytics_enabled=False, title="Train", css=_asset("style.css"), theme=theme) as demo:
-        gr.HTML("<div class='trainer-ext-header'><b>Train</b> · LoRA / LoCon / LoHa / LoKr, embeddings and "
+    with gr.Blocks(analytics_enabled=False, title="Trainer", css=_asset("style.css"), theme=theme) as demo:
+        gr.HTML("<div class='trainer-ext-header'><b>Trainer</b> · LoRA / LoCon / LoHa / LoKr, embeddings and "
                 "hypernetworks for Stable Diffusion</div>")
         with compat.make(gr.Tabs, selected=ELEM_ID):
             with compat.make(gr.TabItem, label=tab_label(host), id=ELEM_ID, elem_id=f"tab_{ELEM_ID}"):
@@ -121,7 +121,7 @@ def serve(args) -> int:
             raise
         raise SystemExit(f"error: {hint}") from e
     register_routes(app, job, lambda: host)
-    print(f"Train UI on {local_url}  (REST API under {local_url.rstrip('/')}/trainer/v1)", flush=True)
+    print(f"Trainer UI on {local_url}  (REST API under {local_url.rstrip('/')}/trainer/v1)", flush=True)
     try:
         demo.block_thread()
     except KeyboardInterrupt:

@@ -89,7 +89,7 @@ def on_ui_settings():
 
     from .presets import preset_names
 
-    preset = shared.OptionInfo("", "Preset the Train tab starts with", gr.Dropdown,
+    preset = shared.OptionInfo("", "Preset the Trainer tab starts with", gr.Dropdown,
                                lambda: {"choices": [""] + preset_names()}, section=SECTION)
     poll = shared.OptionInfo(1.0, "Refresh the training progress every N seconds", gr.Slider,
                              {"minimum": 0.5, "maximum": 10, "step": 0.5}, section=SECTION)
