@@ -133,3 +133,145 @@ def test_commented_default_config_reads_back(tmp_path):
     text = path.read_text(encoding="utf-8")
     assert "# Rank (network dim) of linear layers." in text and "[training]" in text
     assert TrainConfig.from_toml(path) == TrainConfig()
+
+
+# A text TOML must escape (backslashes, quotes, a newline, a control character) and characters beyond
+# ASCII, one beyond U+FFFF included.
+TRICKY_TEXT = 'C:\\data\\"dog" \'one\'\nline é ü 日本 😀 \x7f'
+
+
+def _changed_value(f):
+    """A value of the field's type that differs from its default."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if isinstance(default, bool):
+        return not default
+    if f.metadata.get("choices"):
+        return [c for c in f.metadata["choices"] if c != default][-1]
+    if isinstance(default, int):
+        return default + 3
+    if isinstance(default, float):
+        return default + 1.5e-5
+    if isinstance(default, str):
+        return f"{f.name} {TRICKY_TEXT}"
+    return [1, 2.5, 1] if not default else default[::-1] + [7]
+
+
+def _all_changed() -> TrainConfig:
+    cfg = TrainConfig()
+    for section, f in iter_fields():
+        setattr(getattr(cfg, section), f.name, _changed_value(f))
+    return cfg
+
+
+def test_every_option_round_trips_through_toml(tmp_path):
+    from extensions_lib.config import commented_toml
+
+    cfg = _all_changed()
+    assert all(getattr(getattr(cfg, s), f.name) != getattr(getattr(TrainConfig(), s), f.name)
+               for s, f in iter_fields())
+    path = tmp_path / "all.toml"
+    cfg.save_toml(path)
+    assert TrainConfig.from_toml(path) == cfg
+    path.write_text(commented_toml(cfg), encoding="utf-8")
+    assert TrainConfig.from_toml(path) == cfg
+
+
+def test_none_is_left_out_and_reads_back_as_the_default(tmp_path):
+    cfg = TrainConfig()
+    cfg.model.vae = None
+    cfg.output.comment = "kept"
+    path = tmp_path / "none.toml"
+    cfg.save_toml(path)
+    assert "vae" not in path.read_text(encoding="utf-8")
+    back = TrainConfig.from_toml(path)
+    assert back.model.vae == "" and back.output.comment == "kept"
+
+
+def test_a_value_toml_cannot_hold_is_refused_by_field(tmp_path):
+    from extensions_lib.config import commented_toml
+
+    cfg = TrainConfig()
+    cfg.sample.prompts = ["a dog", None]
+    for write in (cfg.to_toml, lambda: commented_toml(cfg)):
+        with pytest.raises(ConfigError) as e:
+            write()
+        assert [p.field for p in e.value.problems] == ["sample.prompts"]
+
+
+def test_config_written_by_earlier_versions_loads(tmp_path):
+    """Without tomli-w, earlier versions wrote strings with json.dumps: escapes such as \\u00e9 and,
+    beyond U+FFFF, surrogate pairs (\\ud83d\\ude00) that TOML itself does not accept."""
+    path = tmp_path / "old.toml"
+    path.write_text('version = 1\n\n[data]\ntrain_dir = "C:\\\\data\\\\\\"dog\\" \\u00e9 \\ud83d\\ude00"\n'
+                    'flip_aug = true\n\n[sample]\nprompts = ["a \\ud83d\\ude00 dog", "x \\\\ud83d\\\\ude00"]\n\n'
+                    '[hypernetwork]\nlayer_structure = [1, 1.5, 1]\n\n[training]\nlearning_rate = 5e-05\n',
+                    encoding="utf-8")
+    cfg = TrainConfig.from_toml(path)
+    assert cfg.data.train_dir == 'C:\\data\\"dog" é 😀' and cfg.data.flip_aug is True
+    # an escaped backslash before "ud83d" is text, not an escape: left as it is
+    assert cfg.sample.prompts == ["a 😀 dog", "x \\ud83d\\ude00"]
+    assert cfg.hypernetwork.layer_structure == [1, 1.5, 1] and cfg.training.learning_rate == 5e-5
+
+
+def test_commented_config_starts_with_how_to_use_it():
+    from extensions_lib.config import commented_toml
+
+    text = commented_toml(TrainConfig())
+    assert text.startswith("# Trainer training config") and "python -m extensions_lib train" in text.splitlines()[0]
+    assert "# What to train. (lora, locon, loha, lokr, embedding, hypernetwork)\nmethod = \"lora\"" in text
+
+
+def test_old_module_names_still_import():
+    import extensions_lib.config as config
+
+    for name in config.__all__:
+        assert getattr(config, name) is not None, name
+    from extensions_lib.config import (ACTIVATIONS, SECTIONS, ConfigProblem, ModelConfig,  # noqa: F401
+                                       commented_toml, dumps_toml)
+
+
+# ---- what a run outside the WebUI needs from [model] ---------------------------------------------
+
+def _tokenizer_dir(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text("{}", encoding="utf-8")
+    (folder / "merges.txt").write_text("", encoding="utf-8")
+    return folder
+
+
+def _model_problems(**model) -> dict:
+    from extensions_lib.config import standalone_model_problems
+
+    cfg = TrainConfig()
+    for k, v in model.items():
+        setattr(cfg.model, k, str(v))
+    return {p.field: p.allowed for p in standalone_model_problems(cfg)}
+
+
+def test_standalone_needs_a_checkpoint_and_says_how_to_set_it():
+    problems = _model_problems()
+    assert list(problems) == ["model.checkpoint"]
+    assert "--set model.checkpoint=" in problems["model.checkpoint"]
+
+
+def test_standalone_single_file_needs_a_tokenizer(tmp_path):
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"not read by the check")
+    problems = _model_problems(checkpoint=ckpt)
+    assert list(problems) == ["model.tokenizer"] and "--set model.tokenizer=" in problems["model.tokenizer"]
+    assert _model_problems(checkpoint=ckpt, tokenizer=_tokenizer_dir(tmp_path / "tok")) == {}
+    (tmp_path / "empty").mkdir()
+    assert "vocab.json" in _model_problems(checkpoint=ckpt, tokenizer=tmp_path / "empty")["model.tokenizer"]
+    assert "no such folder" in _model_problems(checkpoint=ckpt, tokenizer=tmp_path / "nope")["model.tokenizer"]
+    assert list(_model_problems(checkpoint=ckpt, tokenizer=tmp_path / "tok", vae=tmp_path / "v.pt")) == ["model.vae"]
+
+
+def test_standalone_diffusers_folder_brings_its_tokenizer(tmp_path):
+    folder = tmp_path / "sd15"
+    folder.mkdir()
+    assert "model_index.json" in _model_problems(checkpoint=folder)["model.checkpoint"]
+    (folder / "model_index.json").write_text("{}", encoding="utf-8")
+    assert list(_model_problems(checkpoint=folder)) == ["model.tokenizer"]
+    _tokenizer_dir(folder / "tokenizer")
+    assert _model_problems(checkpoint=folder) == {}
+    assert "no such file" in _model_problems(checkpoint=tmp_path / "missing.safetensors")["model.checkpoint"]

@@ -1,0 +1,117 @@
+"""Checks of a whole TrainConfig: each option against its own limits (from the schema's metadata),
+then the rules that tie options together. Every problem is returned, not just the first."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING
+
+from .problems import ConfigProblem
+from .schema import SECTIONS
+
+if TYPE_CHECKING:
+    from .train_config import TrainConfig
+
+
+def validate(cfg: "TrainConfig") -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    for sname in SECTIONS:
+        section = getattr(cfg, sname)
+        for f in dataclasses.fields(section):
+            check_field(sname, f, getattr(section, f.name), problems)
+    check_relations(cfg, problems)
+    return problems
+
+
+def check_field(sname: str, f: dataclasses.Field, value, problems: list[ConfigProblem]) -> None:
+    """One option against its choices and min/max."""
+    meta = f.metadata
+    name = f"{sname}.{f.name}"
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.append(ConfigProblem(name, value, "must be a finite number"))
+        return
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        problems.append(ConfigProblem(name, value, f"one of: {', '.join(map(str, choices))}"))
+    lo, hi = meta.get("min"), meta.get("max")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None and value < lo or hi is not None and value > hi:
+            problems.append(ConfigProblem(name, value, f"between {lo} and {hi}"))
+
+
+def check_relations(cfg: "TrainConfig", problems: list[ConfigProblem]) -> None:
+    """Rules between options, and per-method requirements."""
+    from ..export.naming import validate_output_name
+
+    d, n, t = cfg.data, cfg.network, cfg.training
+    add = lambda f, v, a: problems.append(ConfigProblem(f, v, a))  # noqa: E731
+    if not d.train_dir:
+        add("data.train_dir", d.train_dir, "required: the folder holding <repeats>_<name> image folders")
+    if d.min_bucket_reso > d.max_bucket_reso:
+        add("data.min_bucket_reso", d.min_bucket_reso, f"must be <= data.max_bucket_reso ({d.max_bucket_reso})")
+    if d.bucket_reso_steps % 8:
+        add("data.bucket_reso_steps", d.bucket_reso_steps, "must be a multiple of 8")
+    if d.resolution % 8:
+        add("data.resolution", d.resolution, "must be a multiple of 8")
+    if cfg.is_lora_family and not (n.train_unet or n.train_text_encoder):
+        add("network.train_unet", n.train_unet, "train_unet or train_text_encoder must be on")
+    if t.lr_warmup_steps >= 1 and t.lr_warmup_steps != int(t.lr_warmup_steps):
+        add("training.lr_warmup_steps", t.lr_warmup_steps, "a whole number of steps, or a ratio below 1")
+    if t.lr_scheduler == "constant" and t.lr_warmup_steps:
+        add("training.lr_warmup_steps", t.lr_warmup_steps, "the constant schedule has no warmup: "
+                                                           "use constant_with_warmup")
+    if cfg.unet_lr == 0 and cfg.text_encoder_lr == 0:
+        add("training.learning_rate", t.learning_rate, "every learning rate is 0: nothing would train")
+    name_error = validate_output_name(cfg.output_name)
+    if name_error:
+        add("output.name", cfg.output_name, name_error)
+    if n.method == "embedding":
+        _check_embedding(cfg, add)
+    if n.method == "hypernetwork":
+        _check_hypernetwork(cfg, add)
+    for i, p in enumerate(cfg.sample.prompts):
+        if not isinstance(p, str) or not p.strip():
+            add(f"sample.prompts[{i}]", p, "a non-empty text")
+
+
+def _check_embedding(cfg: "TrainConfig", add) -> None:
+    from ..export.naming import validate_output_name
+
+    e = cfg.embedding
+    err = validate_output_name(e.token) if e.token else "required for embeddings"
+    if err:
+        add("embedding.token", e.token, err + " (it is the word you type in prompts)")
+    elif any(c.isspace() or c in "<>:,()[]" for c in e.token):
+        add("embedding.token", e.token, "one word without spaces, commas, brackets or colons")
+    if e.prompt_source == "template":
+        from ..data.templates import TemplateError, load_template
+
+        try:
+            load_template(e.template)
+        except TemplateError as err:
+            add("embedding.template", e.template, str(err))
+    if cfg.data.reg_dir:
+        add("data.reg_dir", cfg.data.reg_dir, "embeddings train without regularization images: leave it empty "
+                                              "(their captions would get the embedding's word)")
+
+
+def _check_hypernetwork(cfg: "TrainConfig", add) -> None:
+    h = cfg.hypernetwork
+    ls = h.layer_structure
+    if (not isinstance(ls, list) or len(ls) < 2 or not all(isinstance(x, (int, float)) and x > 0 for x in ls)
+            or ls[0] != 1 or ls[-1] != 1):
+        add("hypernetwork.layer_structure", ls, "a list of positive numbers starting and ending with 1, "
+                                                "e.g. [1, 2, 1]")
+    ds = h.dropout_structure
+    if ds and (len(ds) != len(ls or []) or not all(_is_number(x) and 0 <= x < 1 for x in ds)
+               or ds[0] != 0 or ds[-1] != 0):
+        add("hypernetwork.dropout_structure", ds,
+            "one rate in [0, 1) per layer_structure entry, first and last 0 (e.g. [0, 0.3, 0]), or empty")
+    if (not h.sizes or not all(_is_number(x) and x == int(x) and x > 0 for x in h.sizes)
+            or len(set(h.sizes)) != len(h.sizes)):
+        add("hypernetwork.sizes", h.sizes, "attention widths without repeats: SD1 768 320 640 1280, "
+                                           "SD2 1024 320 640 1280")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
