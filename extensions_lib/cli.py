@@ -1,5 +1,5 @@
-"""Command line: `python -m extensions_lib train CONFIG.toml [--set section.key=value ...]`, `demo`,
-`ui`, `config` (write a commented default config)."""
+"""Command line: `python -m extensions_lib train CONFIG.toml [--set section.key=value ...] [--check]`,
+`demo`, `ui`, `config` (write a commented default config)."""
 from __future__ import annotations
 
 import argparse
@@ -7,29 +7,59 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, ConfigProblem, TomlWriteError, TrainConfig, standalone_model_problems
+
+PROG = "python -m extensions_lib"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none worth showing (an empty text or list,
+    a flag that is off), which would only read as "(default: )"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in ("", [], None, False) or "(default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m extensions_lib", description="Train LoRA / LoCon / LoHa / LoKr, "
-                                "embeddings and hypernetworks for Stable Diffusion 1.x/2.x.")
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train from a TOML config")
-    t.add_argument("config", type=Path)
+    p = argparse.ArgumentParser(prog=PROG, formatter_class=_HelpFormatter,
+                                description="Trainer: train LoRA / LoCon / LoHa / LoKr, embeddings and "
+                                            "hypernetworks for Stable Diffusion 1.x/2.x.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", formatter_class=_HelpFormatter, help="train from a TOML config",
+                       description="Train from a TOML config (write one with the `config` command). Outside the "
+                                   "WebUI the config must name model.checkpoint, and model.tokenizer for a "
+                                   "single-file checkpoint.")
+    t.add_argument("config", type=Path, help="the TOML config file")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one option, e.g. --set training.learning_rate=5e-5 (repeatable)")
-    t.add_argument("--check", action="store_true", help="validate the config and the dataset, then stop")
-    d = sub.add_parser("demo", help="train a tiny model on real photos in about a minute (no downloads)")
-    d.add_argument("--out", type=Path, default=Path("demo_out"))
-    d.add_argument("--seconds", type=float, default=60.0, help="rough training time budget")
-    c = sub.add_parser("config", help="write the default config as TOML")
-    c.add_argument("path", type=Path)
-    u = sub.add_parser("ui", help="serve the Train tab standalone on a checkpoint file")
-    u.add_argument("--checkpoint", default="", help="checkpoint file or diffusers folder ('tiny' = a tiny random model)")
-    u.add_argument("--tokenizer", default="", help="tokenizer folder (vocab.json + merges.txt)")
-    u.add_argument("--output-root", default="output")
-    u.add_argument("--port", type=int, default=7861)
-    u.add_argument("--host", default="127.0.0.1")
+                   help="override one option, e.g. --set training.learning_rate=5e-5 or "
+                        "--set model.checkpoint=/path/model.safetensors (repeatable)")
+    t.add_argument("--check", action="store_true",
+                   help="check the config, the model paths, the dataset and the output file, print a summary "
+                        "(dataset, steps, method, output file), then stop without loading the model")
+
+    d = sub.add_parser("demo", formatter_class=_HelpFormatter,
+                       help="train a tiny model on real photos in about a minute (no downloads)")
+    d.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for the demo's files")
+    d.add_argument("--seconds", type=float, default=60.0, help="rough training time budget in seconds")
+
+    c = sub.add_parser("config", formatter_class=_HelpFormatter,
+                       help="write the default config as TOML, every option with its help as a comment")
+    c.add_argument("path", type=Path, help="the file to write (an existing file is not replaced)")
+
+    u = sub.add_parser("ui", formatter_class=_HelpFormatter,
+                       help="serve the Trainer tab standalone on a checkpoint file")
+    u.add_argument("--checkpoint", default="",
+                   help="checkpoint file or diffusers folder ('tiny' = a tiny random model); "
+                        "empty: enter it in the tab's Model section")
+    u.add_argument("--tokenizer", default="",
+                   help="tokenizer folder (vocab.json + merges.txt); needed for a single-file checkpoint")
+    u.add_argument("--output-root", default="output",
+                   help="where results go when a config leaves output.output_dir empty")
+    u.add_argument("--port", type=int, default=7861, help="port of the web server")
+    u.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     return p
 
 
@@ -37,52 +67,106 @@ def load_config(path: Path, overrides: list[str]) -> TrainConfig:
     cfg = TrainConfig.from_toml(path)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError([_problem(item)])
+            raise ConfigError([ConfigProblem("--set", item, "use SECTION.KEY=VALUE, e.g. "
+                                                            "training.learning_rate=1e-4")])
         key, value = item.split("=", 1)
         cfg.set(key.strip(), value.strip())
     return cfg
 
 
-def _problem(item: str):
-    from .config import ConfigProblem
-
-    return ConfigProblem("--set", item, "use SECTION.KEY=VALUE, e.g. training.learning_rate=1e-4")
-
-
 def cmd_train(args) -> int:
     from .errors import user_error_types
+
+    try:
+        cfg = load_config(args.config, args.set)
+        # the standalone model paths are checked with the rest, before anything is loaded
+        problems = cfg.validate() + standalone_model_problems(cfg)
+        if problems:
+            raise ConfigError(problems)
+        if args.check:
+            for line in check_summary(cfg, args.config):
+                print(line)
+            return 0
+        return _train(cfg)
+    except user_error_types() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _train(cfg: TrainConfig) -> int:
     from .hosts.standalone import StandaloneHost
     from .train.console import ConsoleProgress
     from .train.events import Commands
     from .train.loop import Dist
-    from .train.session import run_training, scan
+    from .train.session import run_training
 
-    try:
-        cfg = load_config(args.config, args.set)
-        problems = cfg.validate()
-        if problems:
-            raise ConfigError(problems)
-        if args.check:
-            data = scan(cfg)
-            for row in data.summary():
-                print(row)
-            for line in data.report(limit=len(data.problems)):
-                print(line)
-            print("config OK")
-            return 0
-        dist = Dist.from_accelerate()
-        commands = Commands()
-        _stop_on_ctrl_c(commands)
-        result = run_training(cfg, StandaloneHost(device=str(_device(dist))), callbacks=ConsoleProgress(dist.is_main),
-                              commands=commands, dist=dist)
-        dist.finish()
-    except user_error_types() as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    dist = Dist.from_accelerate()
+    commands = Commands()
+    _stop_on_ctrl_c(commands)
+    result = run_training(cfg, StandaloneHost(device=str(_device(dist))), callbacks=ConsoleProgress(dist.is_main),
+                          commands=commands, dist=dist)
+    dist.finish()
     if dist.is_main:
         state = "stopped early, saved" if result.stopped else "done"
         print(f"{state}: {result.output_path}  ({result.steps} steps)  use it as {result.prompt_usage}")
     return 0
+
+
+def check_summary(cfg: TrainConfig, config_path: Path) -> list[str]:
+    """Every check a run makes before loading the model (the same function the run calls), then what
+    the run would do, as lines for a person to read."""
+    from .hosts.standalone import StandaloneHost
+    from .train.loop import plan_steps
+    from .train.session import build_dataset, check_before_model
+
+    host = StandaloneHost()
+    data_scan, method = check_before_model(cfg, host)
+    dataset = build_dataset(cfg, data_scan)
+    per_epoch, total, epochs = plan_steps(cfg, dataset.steps_per_epoch())
+    output = method.file_path(host.output_dir(method.kind, cfg), cfg.output_name).resolve()
+    m, t = cfg.model, cfg.training
+    lines = [f"config:    {config_path}",
+             f"method:    {_describe_method(cfg)}",
+             f"model:     {m.checkpoint}" + (f"  (tokenizer {m.tokenizer})" if m.tokenizer else "")
+             + (f"  (vae {m.vae})" if m.vae else ""),
+             f"dataset:   {cfg.data.train_dir}"
+             + (f"  (regularization {cfg.data.reg_dir})" if cfg.data.reg_dir else "")]
+    lines += ["  " + row for row in _table(data_scan.summary())]
+    report = data_scan.report(limit=len(data_scan.problems))
+    lines += ["  " + report[0]] + ["  " + line for line in report[1:]]
+    lines += [f"steps:     {per_epoch} per epoch x {epochs} epoch(s) = {total} steps "
+              f"(batch {t.train_batch_size}, gradient accumulation {t.gradient_accumulation_steps}"
+              + (", stops at training.max_train_steps" if t.max_train_steps else "") + ")",
+              f"training:  {t.optimizer}, learning rate {t.learning_rate:g}, {t.lr_scheduler} schedule, "
+              f"mixed precision {t.mixed_precision}, seed {t.seed}",
+              f"output:    {output}",
+              "config OK: nothing was loaded or written; run the same command without --check to train"]
+    return lines
+
+
+def _describe_method(cfg: TrainConfig) -> str:
+    n = cfg.network
+    if cfg.is_lora_family:
+        parts = [f"dim {n.dim}, alpha {n.alpha:g}"]
+        if n.method != "lora" and n.conv_dim:
+            parts.append(f"conv dim {n.conv_dim}, alpha {n.conv_alpha:g}")
+        trained = [name for on, name in ((n.train_unet, "UNet"), (n.train_text_encoder, "text encoder")) if on]
+        parts.append(" + ".join(trained))
+        return f"{n.method} ({'; '.join(parts)})"
+    if n.method == "embedding":
+        e = cfg.embedding
+        source = "the dataset captions" if e.prompt_source == "captions" else f"template {e.template}"
+        return f"embedding '{e.token}' ({e.num_vectors} vector(s) from '{e.init_text}', prompts from {source})"
+    h = cfg.hypernetwork
+    return f"hypernetwork (layers {h.layer_structure}, {h.activation}, sizes {h.sizes})"
+
+
+def _table(rows: list[dict]) -> list[str]:
+    cols = ["folder", "repeats", "images", "captions missing", "unreadable", "captions without image"]
+    cells = [cols] + [[r["folder"] + (" (reg)" if r["kind"] != "training" else "")] + [str(r[c]) for c in cols[1:]]
+                      for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
 
 
 def _device(dist):
@@ -110,7 +194,12 @@ def cmd_config(args) -> int:
         return 2
     from .config import commented_toml
 
-    args.path.write_text(commented_toml(TrainConfig()), encoding="utf-8")
+    try:
+        text = commented_toml(TrainConfig())
+    except TomlWriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args.path.write_text(text, encoding="utf-8")
     print(f"wrote {args.path}")
     return 0
 
