@@ -14,13 +14,44 @@ def _unavailable(name: str, why: str) -> ConfigError:
 
 
 def _probe_8bit(cls, device) -> None:
-    """bitsandbytes' CPU support depends on its version and build: one tiny real step tells."""
+    """bitsandbytes' support depends on its version and build: one tiny real step tells."""
     p = torch.nn.Parameter(torch.ones(4096, device=device))
     opt = cls([p], lr=1e-3)
     p.grad = torch.ones_like(p)
     opt.step()
     if not torch.isfinite(p).all():
         raise RuntimeError("the test step produced non-finite values")
+
+
+def has_cpu_8bit_kernel() -> bool:
+    """Whether the loaded bitsandbytes registers a CPU kernel for its 8-bit blockwise optimizer step.
+    0.50.2 does; 0.45.3 (the newest for torch < 2.4) runs 8-bit optimizers only on a CUDA GPU."""
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(
+            "bitsandbytes::optimizer_update_8bit_blockwise", "CPU"))
+    except RuntimeError:  # no such operator: a bitsandbytes without torch custom ops
+        return False
+
+
+def _adamw8bit(groups: list[dict], lr: float, weight_decay: float, device) -> torch.optim.Optimizer:
+    """bitsandbytes is imported here and nowhere else: loading it prints warnings on CPU builds."""
+    name = "adamw8bit"
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise _unavailable(name, "the bitsandbytes package is missing: pip install bitsandbytes") from None
+    except Exception as e:  # a broken install can fail inside its own import
+        raise _unavailable(name, f"bitsandbytes failed to import: {str(e).splitlines()[0][:160]}") from None
+    version = getattr(bnb, "__version__", "?")
+    if torch.device(device).type == "cpu" and not has_cpu_8bit_kernel():
+        raise _unavailable(name, f"bitsandbytes {version} has no CPU 8-bit optimizer, only a CUDA one; "
+                                 "bitsandbytes 0.50.2 (torch >= 2.4) runs it on CPU")
+    try:
+        _probe_8bit(bnb.optim.AdamW8bit, device)
+    except Exception as e:  # missing native library, unsupported device
+        raise _unavailable(name, f"bitsandbytes {version} 8-bit AdamW failed: "
+                                 f"{str(e).splitlines()[0][:160]}") from None
+    return bnb.optim.AdamW8bit(groups, lr=lr, weight_decay=weight_decay)
 
 
 _FUSED_ADAMW: dict = {}
@@ -60,13 +91,7 @@ def build_optimizer(cfg: TrainConfig, groups: list[dict], device) -> torch.optim
     if name == "adamw":
         return _adamw(clean, lr, t.weight_decay, device)
     if name == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-
-            _probe_8bit(bnb.optim.AdamW8bit, device)
-        except Exception as e:  # ImportError, missing native library, unsupported device
-            raise _unavailable(name, f"bitsandbytes 8-bit AdamW failed: {str(e).splitlines()[0][:160]}") from None
-        return bnb.optim.AdamW8bit(clean, lr=lr, weight_decay=t.weight_decay)
+        return _adamw8bit(clean, lr, t.weight_decay, device)
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
