@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+import safetensors.torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ from extensions_lib.hosts import a1111 as a1111_mod  # noqa: E402
 from extensions_lib.hosts.a1111 import A1111Host  # noqa: E402
 from extensions_lib.hosts.a1111_guard import WebUIModelChanged  # noqa: E402
 from extensions_lib.hosts.base import HostError  # noqa: E402
-from extensions_lib.model.tiny import tiny_ldm_state_dict  # noqa: E402
+from extensions_lib.model.tiny import ModelSize, tiny_ldm_state_dict  # noqa: E402
 from extensions_lib.train.events import Callbacks, Commands, MultiCallbacks  # noqa: E402
 from extensions_lib.train.session import run_training  # noqa: E402
 from helpers import TOKENIZER_DIR, make_images, quick_config  # noqa: E402
@@ -566,14 +567,46 @@ def test_max_resolution_option_refuses_larger_trainings(tmp_path, tiny_sd1):
     A1111Host().check_ready(cfg)
 
 
-def test_refresh_embeddings_and_hypernetworks(tmp_path, webui):
-    host = A1111Host()
-    emb = Path(webui.embeddings_dir) / "mine.pt"
-    emb.write_bytes(b"x")
-    host.refresh("embedding", emb)
-    db = sd_hijack.model_hijack.embedding_db
-    assert db.load_calls == [True] and "mine" in db.word_embeddings
+def _token_width(model) -> int:
+    return model.cond_stage_model.wrapped.transformer.text_model.embeddings.token_embedding.wrapped.weight.shape[1]
 
+
+@pytest.mark.parametrize("save_pt", [False, True], ids=["safetensors", "pt"])
+def test_a_trained_embedding_is_loaded_by_the_webuis_database_and_foreign_files_are_not(
+        tmp_path, webui, tiny_sd1, save_pt):
+    """The refresh after saving makes the WebUI read the file: ours loads with the model's width and our
+    vectors; a garbage file is reported and left out, one of another model's width is skipped."""
+    from modules import errors
+
+    model = load(tiny_sd1)
+    emb_dir = Path(webui.embeddings_dir)
+    emb_dir.mkdir(parents=True, exist_ok=True)
+    (emb_dir / "garbage.pt").write_bytes(b"not a pickle")
+    (emb_dir / "garbage2.safetensors").write_bytes(b"\x10" + b"\0" * 7 + b"{not json}")
+    safetensors.torch.save_file({"emb_params": torch.zeros(2, _token_width(model) + 8)}, str(emb_dir / "wide.safetensors"))
+    make_images(tmp_path / "data" / "1_sks", n=2)
+    cfg = quick_config(tmp_path / "data", "", "embedding", training__max_train_steps=2, embedding__token="mytok",
+                       embedding__num_vectors=2, embedding__save_pt=save_pt, output__name="")
+    result = train(cfg)
+
+    assert result.output_path.suffix == (".pt" if save_pt else ".safetensors")
+    db = sd_hijack.model_hijack.embedding_db
+    assert db.load_calls[-1] is True
+    emb = db.word_embeddings["mytok"]
+    assert emb.shape == _token_width(model) and emb.vectors == 2 and emb.filename == str(result.output_path)
+    if save_pt:
+        saved = torch.load(result.output_path, weights_only=True)["string_to_param"]["*"]
+    else:
+        saved = next(iter(load_file(result.output_path).values()))
+    torch.testing.assert_close(emb.vec, saved.float())
+    assert db.ids_lookup, "registered under its token ids, where prompt parsing finds it"
+    assert set(db.word_embeddings) == {"mytok"} and set(db.skipped_embeddings) == {"wide"}
+    assert any("garbage.pt" in r for r in errors.reported), errors.reported
+    assert any("garbage2.safetensors" in r for r in errors.reported), errors.reported
+
+
+def test_refresh_hypernetworks(tmp_path, webui):
+    host = A1111Host()
     hn = Path(webui.hypernetwork_dir) / "style.pt"
     hn.write_bytes(b"x")
     stale = types.SimpleNamespace(name="style", filename=str(hn))
@@ -582,6 +615,67 @@ def test_refresh_embeddings_and_hypernetworks(tmp_path, webui):
     host.refresh("hypernetwork", hn)
     assert shared_items.reload_hypernetworks_calls == 1 and shared.hypernetworks == {"style": str(hn)}
     assert shared.loaded_hypernetworks == [other]
+
+
+@pytest.fixture(scope="module")
+def sd_layout_sd1():
+    """A tiny SD1 with SD's two resnets per UNet level: the WebUI's Lora support turns kohya names into
+    its own layer names assuming that layout (the default tiny model has one)."""
+    return tiny_ldm_state_dict(TOKENIZER_DIR, size=ModelSize(layers_per_block=2), seed=0)
+
+
+def _fixed_outputs(bundle, tok):
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=g)
+    ids = tok(["a photo of sks", "another picture"], padding="max_length", max_length=77, truncation=True,
+              return_tensors="pt").input_ids
+    with torch.no_grad():
+        ctx = bundle.text_encoder(ids).last_hidden_state
+        return bundle.unet(latents, torch.tensor([100, 700]), ctx).sample, ctx
+
+
+@pytest.mark.parametrize("method", ["lora", "locon", "loha", "lokr"])
+def test_a_trained_lora_loads_in_the_webuis_lora_support_and_changes_outputs_as_our_forward_does(
+        tmp_path, sd_layout_sd1, method):
+    """Listed is not loaded: the file goes through the WebUI's Lora loading (tests/fake_webui/networks.py:
+    its name conversion, module types and shape rules), every module in it must land on a layer, and the
+    updates it merges must give the UNet and text encoder the outputs our own forward gives."""
+    from extensions_lib.methods.base import make_method
+    from extensions_lib.model.ldm import bundle_from_ldm
+
+    sd, tok = sd_layout_sd1
+    load(sd_layout_sd1)
+    cfg = config(tmp_path, steps=3, name=f"mine_{method}", training__learning_rate=2e-2,
+                 output__save_precision="fp32")
+    cfg.network.method = method
+    cfg.network.alpha = cfg.network.conv_alpha = 2      # a scale alpha/dim of 0.5, so a wrong scale shows
+    result = train(cfg)
+    file = load_file(result.output_path)
+    entry = networks.available_networks[f"mine_{method}"]
+
+    webui_sd = {k: v.clone() for k, v in sd.items()}       # the WebUI's model over a fresh copy of the checkpoint
+    model = fw.load_model(fsm.make_fake_sd_model(webui_sd, tok))
+    net = networks.load_network(entry.name, entry)
+    assert net.keys_failed_to_match == {}
+    assert len(net.modules) == len({k.split(".")[0] for k in file})
+    assert {m.kind for m in net.modules.values()} == {"loha": {"hada"}, "lokr": {"lokr"}}.get(method, {"lora"})
+    layers = [m.sd_module for m in net.modules.values()]
+    assert any("transformer" in m.sd_key[:20] for m in net.modules.values()), "the text encoder part loaded"
+    if method != "lora":   # resnet and sampler convs, whose WebUI names differ most from kohya's
+        assert any(isinstance(x, torch.nn.Conv2d) and x.kernel_size == (3, 3) for x in layers)
+    fsm.apply_merged_lora(model, networks.merged_deltas(net, model), network_name=entry.name)
+    webui_unet, webui_ctx = _fixed_outputs(bundle_from_ldm(webui_sd, tok), tok)
+
+    base = bundle_from_ldm({k: v.clone() for k, v in sd.items()}, tok)
+    base_unet, base_ctx = _fixed_outputs(base, tok)
+    ours = make_method(cfg)
+    ours.attach(base)
+    ours.network.load_state_dict(file, strict=True)
+    our_unet, our_ctx = _fixed_outputs(base, tok)
+    ours.detach()
+    assert not torch.allclose(our_unet, base_unet, atol=1e-4) and not torch.allclose(our_ctx, base_ctx, atol=1e-4)
+    torch.testing.assert_close(webui_ctx, our_ctx, atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(webui_unet, our_unet, atol=2e-4, rtol=1e-3)
 
 
 def _cache_some_conditioning():

@@ -383,14 +383,113 @@ def test_refresh_hooks_find_new_files():
     assert networks.available_networks["v2"].sd_version == network.SdVersion.SD2
     assert networks.available_network_aliases["my_alias"] is entry
 
-    (Path(shared.cmd_opts.embeddings_dir) / "tok.pt").write_bytes(b"x")
-    db = sd_hijack.model_hijack.embedding_db
-    db.load_textual_inversion_embeddings(force_reload=True)
-    assert db.load_calls == [True] and list(db.word_embeddings) == ["tok"]
 
     (Path(shared.cmd_opts.hypernetwork_dir) / "hn.pt").write_bytes(b"x")
     shared.reload_hypernetworks()
     assert shared_items.reload_hypernetworks_calls == 1 and list(shared.hypernetworks) == ["hn"]
+
+
+@pytest.fixture
+def model_with_tokenizer(tmp_path):
+    tiny = pytest.importorskip("extensions_lib.model.tiny")
+    sd, tok = tiny.tiny_ldm_state_dict(tmp_path / "tok", seed=0)
+    return fw.load_model(fsm.make_fake_sd_model(sd, tok))
+
+
+def test_embedding_database_loads_reports_and_skips_like_the_webui(tmp_path, model_with_tokenizer):
+    from pathlib import Path
+
+    import safetensors.torch
+    from PIL import Image
+
+    width = model_with_tokenizer.cond_stage_model.encode_embedding_init_text(",", 1).shape[1]
+    d = Path(shared.cmd_opts.embeddings_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    torch.save({"string_to_param": {"*": torch.ones(2, width)}, "name": "webui", "step": 5}, d / "webui.pt")
+    safetensors.torch.save_file({"emb": torch.ones(width)}, str(d / "concept.safetensors"))
+    safetensors.torch.save_file({"a": torch.ones(1, width), "b": torch.ones(1, width)}, str(d / "two.safetensors"))
+    safetensors.torch.save_file({"emb": torch.ones(1, width + 1)}, str(d / "wide.safetensors"))
+    torch.save({"string_to_param": {"*": torch.ones(1, width)}, "code": Path("x")}, d / "code.pt")
+    (d / "garbage.pt").write_bytes(b"x")
+    (d / "empty.pt").write_bytes(b"")
+    Image.new("RGB", (4, 4)).save(d / "webui.preview.png")
+
+    db = sd_hijack.model_hijack.embedding_db
+    db.load_textual_inversion_embeddings()            # first scan: the folder is new
+    assert list(db.word_embeddings) == ["concept", "webui"]
+    assert db.word_embeddings["webui"].vectors == 2 and db.word_embeddings["webui"].step == 5
+    assert db.word_embeddings["concept"].vectors == 1 and db.word_embeddings["concept"].shape == width
+    assert list(db.skipped_embeddings) == ["wide"]
+    reported = "\n".join(errors.reported)
+    for bad in ("two.safetensors", "code.pt", "garbage.pt"):
+        assert bad in reported, reported
+    assert "empty.pt" not in reported and "preview" not in reported
+    db.load_textual_inversion_embeddings()            # nothing changed: no rescan
+    assert db.load_calls == [False, False] and list(db.word_embeddings) == ["concept", "webui"]
+
+
+@pytest.mark.parametrize("kohya, webui", [
+    ("lora_unet_conv_in", "diffusion_model_input_blocks_0_0"),
+    ("lora_unet_down_blocks_1_attentions_0_proj_in", "diffusion_model_input_blocks_4_1_proj_in"),
+    ("lora_unet_down_blocks_2_resnets_0_conv_shortcut", "diffusion_model_input_blocks_7_0_skip_connection"),
+    ("lora_unet_down_blocks_2_downsamplers_0_conv", "diffusion_model_input_blocks_9_0_op"),
+    ("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q",
+     "diffusion_model_middle_block_1_transformer_blocks_0_attn1_to_q"),
+    ("lora_unet_mid_block_resnets_1_conv2", "diffusion_model_middle_block_2_out_layers_3"),
+    ("lora_unet_up_blocks_0_resnets_2_time_emb_proj", "diffusion_model_output_blocks_2_0_emb_layers_1"),
+    ("lora_unet_up_blocks_0_upsamplers_0_conv", "diffusion_model_output_blocks_2_1_conv"),
+    ("lora_unet_up_blocks_2_upsamplers_0_conv", "diffusion_model_output_blocks_8_2_conv"),
+    ("lora_unet_up_blocks_3_attentions_2_proj_out", "diffusion_model_output_blocks_11_1_proj_out"),
+    ("lora_unet_time_embedding_linear_2", "diffusion_model_time_embed_2"),
+    ("lora_te_text_model_encoder_layers_11_self_attn_q_proj", "transformer_text_model_encoder_layers_11_self_attn_q_proj"),
+])
+def test_lora_names_become_the_sd15_layer_names(kohya, webui):
+    """SD1.5's layer names (ldm input_blocks 4 = level 1's first attention, output_blocks 2 holds the first
+    upsampler, ...), which the WebUI's Lora support matches kohya names to."""
+    assert networks.convert_diffusers_name_to_compvis(kohya, is_sd2=False) == webui
+
+
+def test_sd2_text_encoder_names_become_openclip_names():
+    conv = networks.convert_diffusers_name_to_compvis
+    assert conv("lora_te_text_model_encoder_layers_3_mlp_fc1", True) == "model_transformer_resblocks_3_mlp_c_fc"
+    assert conv("lora_te_text_model_encoder_layers_3_self_attn_out_proj", True) == \
+        "model_transformer_resblocks_3_attn_out_proj"
+
+
+def _lora_file(path, tensors):
+    import safetensors.torch
+
+    safetensors.torch.save_file(tensors, str(path))
+    import network
+    return network.NetworkOnDisk(path.stem, str(path))
+
+
+def test_load_network_matches_modules_and_refuses_wrong_shapes(tmp_path, model):
+    te_q = model.cond_stage_model.wrapped.transformer.text_model.encoder.layers[0].self_attn.q_proj
+    width = te_q.weight.shape[1]
+    good = _lora_file(tmp_path / "good.safetensors", {
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.ones(2, width),
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.ones(width, 2),
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha": torch.tensor(1.0),
+        "lora_unet_nowhere.lora_down.weight": torch.ones(2, 4),
+    })
+    net = networks.load_network("good", good)
+    (mod,) = net.modules.values()
+    assert mod.sd_module is te_q and mod.kind == "lora" and mod.dim == 2
+    assert list(net.keys_failed_to_match) == ["lora_unet_nowhere.lora_down.weight"]
+    torch.testing.assert_close(mod.calc_updown(te_q.weight), torch.full_like(te_q.weight, 2.0 * 0.5))
+
+    bad = _lora_file(tmp_path / "bad.safetensors", {
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.ones(2, width + 1),
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.ones(width, 2),
+    })
+    (mod,) = networks.load_network("bad", bad).modules.values()
+    with pytest.raises(ValueError, match="cannot be added"):
+        mod.calc_updown(te_q.weight)
+    odd = _lora_file(tmp_path / "odd.safetensors", {
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.something": torch.ones(2)})
+    with pytest.raises(AssertionError, match="module type"):
+        networks.load_network("odd", odd)
 
 
 def test_extension_scripts_import_with_the_extension_on_sys_path_only_while_loading(tmp_path):

@@ -3,7 +3,9 @@
 FrozenCLIPEmbedderWithCustomWords(wrapped, hijack): `.wrapped` is the ldm FrozenCLIPEmbedder
 (with .transformer = transformers CLIPTextModel and .tokenizer = CLIPTokenizer), `.hijack` the
 model_hijack, `.tokenizer` the same tokenizer; chunk_length 75; id_start/id_end/id_pad from the
-tokenizer (bos/eos). Prompt chunking and emphasis are not faked.
+tokenizer (bos/eos). tokenize(texts) (ids without start/end) and encode_embedding_init_text(text,
+nvpt) (the token embedding's vectors for a text, which the embedding database reads its width from)
+as in the real one. Prompt chunking and emphasis are not faked.
 """
 import torch
 
@@ -22,6 +24,21 @@ class FrozenCLIPEmbedderWithCustomWords(torch.nn.Module):
         self.id_start = getattr(self.tokenizer, "bos_token_id", None)
         self.id_end = getattr(self.tokenizer, "eos_token_id", None)
         self.id_pad = self.id_end
+
+    def _tokenizer(self):
+        if self.tokenizer is None:
+            raise RuntimeError("fake WebUI: this model was built without a tokenizer (make_fake_sd_model(..., tokenizer))")
+        return self.tokenizer
+
+    def tokenize(self, texts):
+        return self._tokenizer()(texts, truncation=False, add_special_tokens=False)["input_ids"]
+
+    def encode_embedding_init_text(self, init_text, nvpt):
+        embedding_layer = self.wrapped.transformer.text_model.embeddings
+        ids = self._tokenizer()(init_text, max_length=nvpt, truncation=True, return_tensors="pt",
+                                add_special_tokens=False)["input_ids"]
+        weight = embedding_layer.token_embedding.wrapped.weight
+        return embedding_layer.token_embedding.wrapped(ids.to(weight.device)).squeeze(0)
 
     def forward(self, texts):
         raise NotImplementedError("fake WebUI: prompt encoding is not faked; use .wrapped.transformer")
