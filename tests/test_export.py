@@ -485,3 +485,93 @@ def test_legacy_file_hash_reads_the_same_window(tmp_path):
     path = tmp_path / "model.ckpt"
     path.write_bytes(data)
     assert legacy_file_hash(path) == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+
+
+# ---------------------------------------------------------------- diffusers reads a trained LoRA file
+
+def _lora_outputs(bundle):
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=g)
+    ids = bundle.tokenizer(["a photo of sks", "another picture"], padding="max_length", max_length=77,
+                           truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ctx = bundle.text_encoder(ids).last_hidden_state
+        return bundle.unet(latents, torch.tensor([100, 700]), ctx).sample, ctx
+
+
+def _merge_peft_lora(root, peft_sd: dict, alphas: dict, is_unet: bool) -> int:
+    """What a PEFT LoRA layer adds, merged: W += B @ A * lora_alpha / r, with r and lora_alpha taken from
+    the LoraConfig arguments diffusers builds (get_peft_kwargs). Our files have one rank and one alpha,
+    so no per-module pattern applies."""
+    from diffusers.utils.peft_utils import get_peft_kwargs
+
+    rank = {k: v.shape[1] for k, v in peft_sd.items() if "lora_B" in k}
+    kw = get_peft_kwargs(rank, alphas, peft_sd, is_unet=is_unet)
+    assert kw["rank_pattern"] == {} and kw["alpha_pattern"] == {}, kw
+    modules = dict(root.named_modules())
+    targets = sorted({k.split(".lora_")[0] for k in peft_sd})
+    assert sorted(kw["target_modules"]) == targets
+    with torch.no_grad():
+        for name in targets:
+            w = modules[name].weight
+            a, b = peft_sd[f"{name}.lora_A.weight"], peft_sd[f"{name}.lora_B.weight"]
+            w += (b.flatten(1) @ a.flatten(1)).reshape(w.shape) * kw["lora_alpha"] / kw["r"]
+    return len(targets)
+
+
+@pytest.mark.parametrize("method", ["lora", "locon"])
+def test_diffusers_reads_a_trained_lora_onto_the_layers_we_trained(tmp_path, method):
+    """diffusers' reading of our kohya-named file must change the UNet and text encoder outputs exactly
+    as our own forward with that file does. Where diffusers has its PEFT backend (transformers >= 4.34
+    and peft: the forge stack) StableDiffusionPipeline.load_lora_weights runs whole. Under the WebUI 1.10
+    pins (transformers 4.30.2) load_lora_weights refuses to run at all, whatever peft is installed, so
+    there the part of it that understands the file runs: lora_state_dict (kohya -> diffusers names and
+    alphas) and the conversion to PEFT names that load_lora_into_unet / _text_encoder apply, and each
+    converted module's update is merged as a PEFT LoRA layer computes it."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import (USE_PEFT_BACKEND, convert_state_dict_to_diffusers, convert_state_dict_to_peft,
+                                 convert_unet_state_dict_to_peft)
+
+    from extensions_lib.hosts.standalone import StandaloneHost
+    from extensions_lib.methods.base import make_method
+    from extensions_lib.train.session import run_training
+    from helpers import make_images, quick_config, tiny_bundle
+
+    make_images(tmp_path / "data" / "5_sks")
+    cfg = quick_config(tmp_path / "data", tmp_path / "out", method, training__max_train_steps=3,
+                       training__learning_rate=2e-2, output__save_precision="fp32")
+    cfg.network.alpha = cfg.network.conv_alpha = 2          # scale alpha/rank = 0.5: a wrong scale shows
+    path = run_training(cfg, StandaloneHost(tiny_bundle())).output_path
+    file = load_file(path)
+
+    ours = tiny_bundle()
+    base_unet, base_ctx = _lora_outputs(ours)
+    m = make_method(cfg)
+    m.attach(ours)
+    m.network.load_state_dict(file, strict=True)
+    our_unet, our_ctx = _lora_outputs(ours)
+    m.detach()
+    assert not torch.allclose(our_unet, base_unet, atol=1e-4) and not torch.allclose(our_ctx, base_ctx, atol=1e-4)
+    n_modules = len({k.split(".")[0] for k in file})
+
+    state, alphas = StableDiffusionPipeline.lora_state_dict(str(path.parent), weight_name=path.name)
+    part = lambda d, p: {k[len(p) + 1:]: v for k, v in d.items() if k.startswith(p + ".")}  # noqa: E731
+    merged = tiny_bundle()
+    n = _merge_peft_lora(merged.unet, convert_unet_state_dict_to_peft(part(state, "unet")),
+                         convert_unet_state_dict_to_peft(part(alphas, "unet")), is_unet=True)
+    n += _merge_peft_lora(merged.text_encoder,
+                          convert_state_dict_to_peft(convert_state_dict_to_diffusers(part(state, "text_encoder"))),
+                          part(alphas, "text_encoder"), is_unet=False)
+    assert n == n_modules, "diffusers read every module of the file"
+    for got, want in zip(_lora_outputs(merged), (our_unet, our_ctx)):
+        torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-3)
+
+    if not USE_PEFT_BACKEND:
+        return
+    fresh = tiny_bundle()
+    pipe = StableDiffusionPipeline(vae=fresh.vae, text_encoder=fresh.text_encoder, tokenizer=fresh.tokenizer,
+                                   unet=fresh.unet, scheduler=fresh.noise_scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+    for got, want in zip(_lora_outputs(fresh), (our_unet, our_ctx)):
+        torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-3)
