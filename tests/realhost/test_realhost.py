@@ -10,6 +10,8 @@ Environment
   TRAINER_REALHOST_PID     the WebUI's process id, for its RSS. Default: found in /proc (the python process whose
                            working directory is TRAINER_REALHOST_WEBUI); else read through the probe's /realhost/v1/mem.
   TRAINER_REALHOST_SUMMARY optional file: the per-method summary as JSON (rewritten after each method).
+  TRAINER_REALHOST_EMBEDDING_PT=1  the embedding is saved in the WebUI's .pt format instead of .safetensors, so
+                           test_pt_file_passes_the_webuis_checked_loader checks it too (the hypernetwork is always .pt).
 
 A host: the WebUI v1.10.1 (git clone https://github.com/AUTOMATIC1111/stable-diffusion-webui, tag v1.10.1) with this
 repository cloned into <webui>/extensions/ (as Extensions -> Install from URL does), an SD1.x checkpoint in
@@ -268,7 +270,8 @@ def train_config(method, name, data_dir):
            "sample": {"prompts": []},
            "output": {"name": name, "trigger_words": "rhsubject"}}
     if method == "embedding":
-        cfg["embedding"] = {"token": name, "init_text": "cat", "num_vectors": 2}
+        cfg["embedding"] = {"token": name, "init_text": "cat", "num_vectors": 2,
+                            "save_pt": os.environ.get("TRAINER_REALHOST_EMBEDDING_PT") == "1"}
     return cfg
 
 
@@ -427,6 +430,29 @@ def test_all_modules_matched(run):
     assert not r.get("unmatched_messages"), f"the WebUI did not match some keys: {r['unmatched_messages']}"
     assert r["matched_modules"] == len(in_file), \
         f"the WebUI matched {r['matched_modules']} of the {len(in_file)} modules in the file"
+
+
+def test_pt_file_passes_the_webuis_checked_loader(run):
+    """A .pt is read by the WebUI through modules/safe.py (a restricted unpickler): the hypernetwork and a .pt
+    embedding must load through the WebUI's own loaders with that check on. (Elsewhere in tests/ the check is
+    a re-implementation; here it is the real one.)"""
+    require_trained(run)
+    method, out = run["method"], run["status"].get("output_path") or ""
+    if method not in ("embedding", "hypernetwork"):
+        pytest.skip("LoRA-family files are .safetensors: no pickle to check")
+    if not out.endswith(".pt"):
+        pytest.skip("the embedding was saved as .safetensors (the default); TRAINER_REALHOST_EMBEDDING_PT=1 saves .pt")
+    code, r = http("GET", "/realhost/v1/load_pt?" + urllib.parse.urlencode({"kind": method, "path": out}), timeout=600)
+    if code == 404 and "detail" in str(r):
+        pytest.fail(f"GET /realhost/v1/load_pt -> 404: {PROBE_HINT}")
+    assert code == 200, f"probe -> {code}: {r}"
+    SUMMARY[method]["webui_pt_load"] = r
+    assert r.get("checked"), "the WebUI runs with --disable-safe-unpickle: its check was not applied, restart it without"
+    assert not r.get("error"), f"the WebUI could not load {out}: {r['error']}"
+    if method == "embedding":
+        assert r["vectors"] == 2 and r["shape"] == 768, r
+    else:
+        assert r["sizes"] and r["layer_structure"][0] == r["layer_structure"][-1] == 1, r
 
 
 def test_images_at_weights(run, host):
