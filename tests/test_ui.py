@@ -1,8 +1,9 @@
-"""The Train tab's pieces without a browser: widgets on this gradio version, the job runner with a
+"""The Trainer tab's pieces without a browser: widgets on this gradio version, the job runner with a
 tiny model, the REST API, presets, TOML save/load through the tab's handlers, the WebUI glue."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -35,11 +36,11 @@ REQUIRED_PRESETS = ("SD1.5 character LoRA (8 GB)", "SD1.5 style LoRA", "LoCon de
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-class NamedHost(Host):
-    """Only a name, for building the tab as the WebUI / Forge would."""
+class FormHost(Host):
+    """Only what the tab asks of a host: whether the run loads the model the form names."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, model_from_config: bool):
+        self.model_from_config = model_from_config
 
 
 class Recorder(Callbacks):
@@ -106,7 +107,7 @@ def _values(tab, cfg: TrainConfig) -> list:
 
 # -- the tab -----------------------------------------------------------------------------------------
 def test_tab_has_a_widget_with_help_for_every_option():
-    tab = build_tab(NamedHost("standalone"), TrainingJob())
+    tab = build_tab(FormHost(True), TrainingJob())
     widgets = tab.trainer_widgets
     every = {f"{s}.{f.name}" for s, f in iter_fields()}
     assert set(widgets) == every                 # standalone: every option, model ones included
@@ -115,28 +116,41 @@ def test_tab_has_a_widget_with_help_for_every_option():
         assert w.info == SPECS[key].help and w.info, key           # the config's help is the tooltip
         assert w.elem_id == f"{ELEM_ID}_{key.replace('.', '_')}"
     # inside the WebUI the loaded model is used: no checkpoint/VAE/tokenizer fields
-    webui = build_tab(NamedHost("a1111"), TrainingJob())
+    webui = build_tab(FormHost(False), TrainingJob())
     assert {"model.checkpoint", "model.vae", "model.tokenizer"}.isdisjoint(webui.trainer_widgets)
     assert "model.clip_skip" in webui.trainer_widgets
     assert set(layout_keys(False)) == every - {"model.checkpoint", "model.vae", "model.tokenizer",
                                                "model.v_prediction"}
 
 
-def test_tab_label_and_id(monkeypatch):
-    import extensions_lib.ui.tab as tab_mod
+def test_model_section_follows_the_host_or_the_argument(tmp_path):
+    from extensions_lib.hosts.a1111 import A1111Host
+    from extensions_lib.ui.layout import shows_model_section
+    from extensions_lib.ui.standalone import CheckpointHost
+
+    assert shows_model_section(StandaloneHost()) and shows_model_section(CheckpointHost(tmp_path))
+    assert not shows_model_section(A1111Host()) and not shows_model_section(FormHost(False))
+
+    class Renamed(Host):          # the name is not what decides
+        name = "standalone"
+
+    assert not shows_model_section(Renamed())
+    # the argument wins over the host
+    assert "model.checkpoint" not in build_tab(StandaloneHost(), TrainingJob(),
+                                               show_model_section=False).trainer_widgets
+    assert "model.checkpoint" in build_tab(FormHost(False), TrainingJob(), show_model_section=True).trainer_widgets
+
+
+def test_tab_label_and_id():
+    from extensions_lib.hosts.a1111 import A1111Host
 
     assert ELEM_ID == "trainer_ext"
-    monkeypatch.setattr(tab_mod, "is_forge", lambda: False)
-    assert tab_label(NamedHost("a1111")) == "Trainer"       # beside the WebUI's own "Train" tab
-    assert tab_label(NamedHost("standalone")) == "Train"
-    monkeypatch.setattr(tab_mod, "is_forge", lambda: True)
-    assert tab_label(NamedHost("a1111")) == "Train"         # Forge has no Train tab of its own
-    monkeypatch.undo()
-    assert tab_mod.is_forge() is False                       # modules_forge is not importable here
+    # the product's name in the WebUI (beside its own "Train" tab) and standalone alike
+    assert tab_label(A1111Host()) == tab_label(StandaloneHost()) == "Trainer"
 
 
 def test_method_switch_shows_only_its_options():
-    tab = build_tab(NamedHost("standalone"), TrainingJob())
+    tab = build_tab(FormHost(True), TrainingJob())
     on_method = tab.trainer_handlers["method"]
     # sections: Network, Embedding, Hypernetwork, Training, Samples, Output, Model; then conv dim,
     # conv alpha, LoKr factor
@@ -149,7 +163,7 @@ def test_method_switch_shows_only_its_options():
 
 
 def test_dataset_summary_updates_from_the_form(dataset, tmp_path):
-    tab = build_tab(NamedHost("standalone"), TrainingJob())
+    tab = build_tab(FormHost(True), TrainingJob())
     keys = tab.trainer_summary_keys
     on_dataset = tab.trainer_handlers["dataset"]
     cfg = TrainConfig()
@@ -208,7 +222,7 @@ def test_presets_give_valid_configs():
 
 
 def test_preset_keeps_the_dataset_and_sets_only_its_fields():
-    tab = build_tab(NamedHost("standalone"), TrainingJob())
+    tab = build_tab(FormHost(True), TrainingJob())
     out = tab.trainer_handlers["preset"]("LoCon detail")
     keys = tab.trainer_keys
     by_key = dict(zip(keys, out[:-1]))
@@ -223,7 +237,7 @@ def test_preset_keeps_the_dataset_and_sets_only_its_fields():
 def test_toml_save_and_load_through_the_tab(tmp_path, dataset):
     from extensions_lib.cli import load_config
 
-    tab = build_tab(NamedHost("standalone"), TrainingJob())
+    tab = build_tab(FormHost(True), TrainingJob())
     h = tab.trainer_handlers
     cfg = apply_preset(TrainConfig(), "SD1.5 style LoRA")
     cfg.data.train_dir = str(dataset)
@@ -295,6 +309,73 @@ def test_second_start_is_refused_and_stop_is_honoured(tmp_path, dataset):
     assert not job.stop()                               # nothing left to stop
 
 
+def test_save_now_and_sample_now_act_on_the_running_training(tmp_path, dataset):
+    """The run column's Save now / Sample now: an intermediate file named like the periodic step
+    saves, previews like the periodic ones, both while the run goes on; idle, a clear message."""
+    from safetensors import safe_open
+
+    job = TrainingJob()
+    h = build_tab(FormHost(False), job).trainer_handlers
+    for press in ("save_now", "sample_now"):
+        assert "Nothing is training" in h[press]()
+    assert job.request_save() is False and job.request_sample() is False
+
+    cfg = quick_config(dataset, tmp_path / "out", training__max_train_epochs=2000)
+    cfg.sample.prompts = ["sks"]
+    cfg.sample.width = cfg.sample.height = 64
+    cfg.sample.steps, cfg.sample.every_n_epochs = 2, 0        # no periodic previews: only requested ones
+    job.start(cfg, StandaloneHost(tiny_bundle()))
+    try:
+        _wait_state(job, lambda s: s["step"] >= 1, timeout=120)
+        assert "Saving" in h["save_now"]()
+        s = _wait_state(job, lambda s: s["saved"], timeout=120)
+        assert s["state"] == "training"                         # the run goes on after the save
+        path = Path(s["saved"][0])
+        step = int(re.fullmatch(r"test_lora-step(\d{8})\.safetensors", path.name).group(1))
+        assert 1 <= step < s["total_steps"]
+        with safe_open(str(path), framework="pt") as f:
+            assert any(k.startswith("lora_unet_") for k in f.keys())
+            assert f.metadata()["ss_steps"] == str(step)
+
+        assert job.preview_images() == []
+        assert "previews" in h["sample_now"]()
+        s = _wait_state(job, lambda s: s["preview_step"] is not None, timeout=120)
+        assert s["state"] == "training" and s["preview_step"] < s["total_steps"]
+        (image, prompt), = job.preview_images()
+        assert prompt == "sks" and image.size == (64, 64)
+    finally:
+        job.stop()
+        assert job.wait(120)
+    assert job.status()["state"] == "stopped"
+
+
+def test_save_now_asked_before_the_first_step_and_sample_now_without_prompts(tmp_path, dataset):
+    """Requests made while the model loads act after the first step; Sample now of a run without
+    preview prompts says so; a requested save never replaces a file (overwrite off) nor ends the run."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "test_lora-step00000001.safetensors").write_bytes(b"an earlier run's file")
+    host = SlowHost(tiny_bundle())
+    job = TrainingJob()
+    h = build_tab(FormHost(False), job).trainer_handlers
+    job.start(quick_config(dataset, out, training__max_train_epochs=2000), host)
+    try:
+        assert job.status()["state"] == "preparing"
+        with pytest.raises(ValueError, match="sample.prompts"):
+            job.request_sample()
+        assert "no preview prompts" in h["sample_now"]()
+        assert job.request_save()
+        host.release.set()
+        s = _wait_state(job, lambda s: s["warnings"], timeout=120)
+        assert "test_lora-step00000001.safetensors already exists" in s["warnings"][0]
+        _wait_state(job, lambda s: s["step"] >= 3, timeout=120)      # still training
+    finally:
+        job.stop()
+        assert job.wait(120)
+    assert (out / "test_lora-step00000001.safetensors").read_bytes() == b"an earlier run's file"
+    assert job.status()["state"] == "stopped"
+
+
 def test_refusals_come_at_once_and_leave_the_job_idle(tmp_path, dataset):
     job = TrainingJob()
     host = StandaloneHost(tiny_bundle())
@@ -339,14 +420,15 @@ def test_tab_start_poll_and_result(tmp_path, dataset):
     msg, *_ = h["start"](*_values(tab, bad))
     assert "training.optimizer" in msg and "trainer-ext-error" in msg
     opened = {"opened_at": time.time()}       # this page was open when the run started
-    msg, start_btn, stop_btn = h["start"](*_values(tab, cfg))
-    assert "Started" in msg and start_btn["interactive"] is False and stop_btn["interactive"] is True
+    msg, start_btn, *acting = h["start"](*_values(tab, cfg))    # acting: stop, sample now, save now
+    assert "Started" in msg and start_btn["interactive"] is False
+    assert [u["interactive"] for u in acting] == [True, True, True]
     assert job.wait(120)
-    (status, plot, gallery, result, log, start_u, stop_u), seen = h["poll"](opened)
+    (status, plot, gallery, result, log, start_u, *acting), seen = h["poll"](opened)
     assert "done" in status and "step <b>16</b> / 16" in status
     assert result == "<lora:test_lora:0.8>"
     assert plot is not None and plot.size[0] > 100
-    assert start_u["interactive"] is True and stop_u["interactive"] is False
+    assert start_u["interactive"] is True and [u["interactive"] for u in acting] == [False, False, False]
     again, _ = h["poll"](seen)                # nothing changed: the plot is not redrawn
     assert again[1] == compat.no_change() and again[3] == compat.no_change()
     assert h["poll"](opened)[0][3] == result  # the page polling afresh gets everything again
@@ -590,14 +672,14 @@ def test_a_freshly_opened_tab_shows_the_last_run_as_the_previous_one(tmp_path, d
 
     tab = build_tab(host, job)                                # the page is built (opened) after the run
     first = next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == f"{ELEM_ID}_status").value
-    (status, plot, gallery, result, log, start_u, stop_u), seen = tab.trainer_handlers["poll"]({})
+    (status, plot, gallery, result, log, start_u, *acting), seen = tab.trainer_handlers["poll"]({})
     for html in (first, status):
         assert "data-state='idle'" in html and "trainer-ext-badge done" not in html
         assert "Previous run: test_lora (LoRA), finished" in html and "after 8 steps" in html
         assert "use it as &lt;lora:test_lora:0.8&gt;" in html
     assert plot is None and gallery is None and result == "" and log == ""
-    assert start_u["interactive"] is True and stop_u["interactive"] is False
-    assert tab.trainer_handlers["poll"](seen)[0] == [compat.no_change()] * 7
+    assert start_u["interactive"] is True and [u["interactive"] for u in acting] == [False, False, False]
+    assert tab.trainer_handlers["poll"](seen)[0] == [compat.no_change()] * 9
 
     # a run that fails is labelled with its error
     failing = TrainingJob()

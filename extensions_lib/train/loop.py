@@ -150,6 +150,16 @@ class Trainer:
         self.cb.on_saved(path, final)
         return path
 
+    def _save_requested(self, *, step: int, epoch: int) -> None:
+        """Save now: a step file like the periodic ones. A file of that name left by an earlier run
+        (overwrite off) is reported and kept; the run goes on."""
+        from ..export.atomic import OutputExistsError
+
+        try:
+            self._save(step=step, epoch=epoch, final=False, label={"step": step})
+        except OutputExistsError as e:
+            self.cb.on_warning(f"Save now at step {step}: {e}")
+
     def _preview(self, step: int) -> None:
         s = self.cfg.sample
         if not s.prompts or not self.dist.is_main:
@@ -254,10 +264,15 @@ class Trainer:
                         break
                     if step >= total_steps:
                         break
+                    # requests are taken every step, so one pressed at a periodic step is not left
+                    # pending for the next one; the requested save or preview is the periodic kind
+                    save_now, sample_now = self.commands.take_save(), self.commands.take_sample()
                     s_o = cfg.output.save_every_n_steps
-                    if (s_o and step % s_o == 0) or self.commands.take_save():
+                    if s_o and step % s_o == 0:
                         self._save(step=step, epoch=epoch, final=False, label={"step": step})
-                    if (cfg.sample.every_n_steps and step % cfg.sample.every_n_steps == 0) or self.commands.take_sample():
+                    elif save_now:
+                        self._save_requested(step=step, epoch=epoch)
+                    if (cfg.sample.every_n_steps and step % cfg.sample.every_n_steps == 0) or sample_now:
                         self._preview(step)
                 if stopped or step >= total_steps:
                     break

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..config import SECTIONS, ConfigError, ConfigProblem, TrainConfig, iter_fields
+from ..config import ConfigError, ConfigProblem, TrainConfig, iter_fields
 
 METHOD_LABELS = (("LoRA", "lora"), ("LoCon", "locon"), ("LoHa", "loha"), ("LoKr", "lokr"),
                  ("Embedding", "embedding"), ("Hypernetwork", "hypernetwork"))
@@ -161,7 +161,3 @@ def values_to_config(keys: list[str], values: list, base: TrainConfig | None = N
     if problems:
         raise ConfigError(problems)
     return TrainConfig.from_dict(data)
-
-
-def keys_of(section: str) -> list[str]:
-    return [f"{section}.{f.name}" for f in dataclasses.fields(SECTIONS[section])]

@@ -86,6 +86,7 @@ class TrainingJob:
         self._images: list = []          # [(PIL.Image, prompt)] of the latest previews
         self._thread: Optional[threading.Thread] = None
         self._commands: Optional[Commands] = None
+        self._sample_prompts = 0           # the running config's preview prompts (Sample now needs some)
 
     # -- control -------------------------------------------------------------------------------
     @property
@@ -116,6 +117,7 @@ class TrainingJob:
             self._log.clear()
             self._images = []
             self._commands = commands
+            self._sample_prompts = len(cfg.sample.prompts)
             self._state.update(total_steps=total_steps, total_epochs=epochs, started_at=time.time(),
                                method=cfg.network.method, name=cfg.output_name, message="Loading the model…")
             for line in dataset_log:
@@ -134,6 +136,29 @@ class TrainingJob:
             self._commands.request_stop()
             self._state["message"] = "Stopping after this step…"
             self._log.append("stop requested")
+            self._state["version"] += 1
+            return True
+
+    def request_save(self) -> bool:
+        """Ask the running training to write an intermediate file after the current step, named like
+        the periodic step saves (`name-step00000042`). False if nothing trains."""
+        return self._request("save", "Saving after this step…")
+
+    def request_sample(self) -> bool:
+        """Ask the running training for previews after the current step, made like the periodic
+        ones. False if nothing trains; ValueError if this run has no preview prompts."""
+        return self._request("sample", "Making previews after this step…")
+
+    def _request(self, what: str, message: str) -> bool:
+        with self._lock:
+            if self._state["state"] not in RUNNING or self._commands is None:
+                return False
+            if what == "sample" and not self._sample_prompts:
+                raise ValueError("this run has no preview prompts (sample.prompts): enter some before "
+                                 "the next Start to get previews")
+            getattr(self._commands, f"request_{what}")()
+            self._state["message"] = message
+            self._log.append(f"{what} requested")
             self._state["version"] += 1
             return True
 
