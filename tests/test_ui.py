@@ -467,6 +467,7 @@ def test_rest_train_status_stop(client, tmp_path, dataset):
     c, job, hosts = client
     assert c.get("/trainer/v1/config/default").json() == TrainConfig().to_dict()
     assert c.post("/trainer/v1/stop").json()["stopping"] is False
+    assert c.post("/trainer/v1/save").status_code == 409 and c.post("/trainer/v1/sample").status_code == 409
     hosts["host"] = SlowHost(tiny_bundle())
     body = quick_config(dataset, tmp_path / "out", training__max_train_epochs=2000).to_dict()
     r = c.post("/trainer/v1/train", json=body)
@@ -479,6 +480,10 @@ def test_rest_train_status_stop(client, tmp_path, dataset):
     s = c.get("/trainer/v1/status").json()
     assert s["job_id"] == job_id and s["state"] == "training" and len(s["losses"]) >= 1
     assert c.get("/trainer/v1/status", params={"losses": "false"}).json()["losses"] == []
+    r = c.post("/trainer/v1/sample")
+    assert r.status_code == 422 and "sample.prompts" in r.json()["error"]      # this run has no prompts
+    assert c.post("/trainer/v1/save").json()["requested"] == "save"
+    _wait_state(job, lambda s: list((tmp_path / "out").glob("test_lora-step*.safetensors")), timeout=240)
     assert c.post("/trainer/v1/stop").json()["stopping"] is True
     assert job.wait(60)
     s = c.get("/trainer/v1/status").json()

@@ -21,6 +21,9 @@ class HostError(RuntimeError):
 
 class Host:
     name = "host"
+    # True for a host that loads the checkpoint named in cfg.model (the form then shows those fields);
+    # the WebUI host trains on the model the WebUI has loaded
+    model_from_config = False
 
     def check_ready(self, cfg: TrainConfig) -> None:
         """Raise HostError if training cannot start now (checked before any model work)."""

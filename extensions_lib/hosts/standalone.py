@@ -22,6 +22,7 @@ class StandaloneHost(Host):
     itself stays in the precision of the last run, to save reloading it; a later run that needs more
     precision than that reloads the file rather than training on rounded weights."""
     name = "standalone"
+    model_from_config = True
 
     def __init__(self, bundle: Optional[ModelBundle] = None, *, output_root: Path | str = "output",
                  device: Optional[str] = None):

@@ -89,6 +89,24 @@ def register_routes(app, job: TrainingJob, host_factory: Callable[[], Host], *,
         stopping = job.stop()
         return {"stopping": stopping, "status": job.status(losses=False)}
 
+    @router.post("/save")
+    async def save_now():
+        """Save now: an intermediate file after the current step (409 when nothing trains)."""
+        if not job.request_save():
+            return JSONResponse({"error": "nothing is training"}, status_code=409)
+        return {"requested": "save", "status": job.status(losses=False)}
+
+    @router.post("/sample")
+    async def sample_now():
+        """Sample now: previews after the current step (409 when nothing trains, 422 without prompts)."""
+        try:
+            requested = job.request_sample()
+        except ValueError as e:
+            return JSONResponse({"error": str(e)}, status_code=422)
+        if not requested:
+            return JSONResponse({"error": "nothing is training"}, status_code=409)
+        return {"requested": "sample", "status": job.status(losses=False)}
+
     @router.get("/config/default")
     async def config_default():
         return TrainConfig().to_dict()

@@ -1,7 +1,7 @@
 """TrainConfig fields <-> form values: labels, widgets and the two-way conversion.
 
 The tab builds one widget per config field from its metadata (type, choices, limits, help), so a
-new option in config.py shows up in the UI with its tooltip without touching the tab's code.
+new option in config/schema.py shows up in the UI with its tooltip without touching the tab's code.
 """
 from __future__ import annotations
 

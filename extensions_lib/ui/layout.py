@@ -84,15 +84,8 @@ OPEN_SECTIONS = ("Dataset", "Network", "Embedding", "Hypernetwork", "Training", 
 
 def shows_model_section(host: Host) -> bool:
     """Whether the form needs the Model fields: only for a host that loads the checkpoint the form
-    names. A host says so with a `model_from_config` attribute; the two such hosts in this package
-    are recognised by type."""
-    declared = getattr(host, "model_from_config", None)
-    if declared is not None:
-        return bool(declared)
-    from ..hosts.standalone import StandaloneHost
-    from .standalone import CheckpointHost
-
-    return isinstance(host, (StandaloneHost, CheckpointHost))
+    names (Host.model_from_config)."""
+    return bool(host.model_from_config)
 
 
 def layout_keys(show_model_section: bool) -> list[str]:

@@ -23,6 +23,7 @@ class CheckpointHost(Host):
     the new model for the next run (one model held at a time). "tiny" is a tiny random model."""
 
     name = "standalone"
+    model_from_config = True
 
     def __init__(self, output_root: Path | str = "output", tokenizer: str = "", device: Optional[str] = None):
         self.output_root = Path(output_root)
