@@ -138,28 +138,6 @@ def test_kohya_file_reproduces_trained_outputs(tmp_path, method):
     t.assert_reproduced_by(fresh.unet, fresh.text_encoder)
 
 
-def _peft_backend() -> bool:
-    from diffusers.utils import USE_PEFT_BACKEND
-
-    return bool(USE_PEFT_BACKEND)
-
-
-@pytest.mark.parametrize("method", ["lora", "locon"])
-def test_diffusers_load_lora_weights(tmp_path, method):
-    if not _peft_backend():
-        pytest.skip("diffusers' load_lora_weights needs the PEFT backend (transformers >= 4.34); "
-                    "this stack pins an older transformers; test_kohya_file_reproduces_trained_outputs covers it")
-    from diffusers import StableDiffusionPipeline
-
-    t = _train_one_epoch(tmp_path, method)
-    fresh = tiny_bundle()
-    pipe = StableDiffusionPipeline(vae=fresh.vae, text_encoder=fresh.text_encoder, tokenizer=fresh.tokenizer,
-                                   unet=fresh.unet, scheduler=fresh.noise_scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.load_lora_weights(str(t.path.parent), weight_name=t.path.name)
-    t.assert_reproduced_by(pipe.unet, pipe.text_encoder)
-
-
 @pytest.mark.parametrize("method", ["loha", "lokr"])
 def test_loha_lokr_file_reproduces_trained_outputs(tmp_path, method):
     from lycoris.kohya import LycorisNetworkKohya, create_network_from_weights

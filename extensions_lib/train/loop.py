@@ -68,18 +68,21 @@ class Dist:
             dist.destroy_process_group()
 
     def assert_in_sync(self, params: list[torch.Tensor]) -> None:
-        """Every process must hold the same weights (they start equal and apply averaged
-        gradients); a mismatch means a silent data-parallel bug, so fail loudly."""
+        """Every process must hold bit-identical weights (they start equal and apply the same
+        averaged gradients); a mismatch means a silent data-parallel bug, so fail loudly."""
         if self.num_processes == 1:
             return
         import torch.distributed as dist
 
-        sums = torch.stack([p.detach().double().sum() for p in params])
-        lo, hi = sums.clone(), sums.clone()
-        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-        if not torch.allclose(lo, hi, rtol=1e-6, atol=1e-9):
-            raise RuntimeError("data-parallel processes diverged: trained weights differ between processes")
+        # the main process's bytes, sent to all: any differing bit in any tensor is found
+        mine = torch.cat([p.detach().reshape(-1).contiguous().view(torch.uint8) for p in params])
+        main = mine.clone()
+        dist.broadcast(main, src=0)
+        differs = torch.tensor([0 if torch.equal(main, mine) else 1], dtype=torch.int64, device=mine.device)
+        dist.all_reduce(differs, op=dist.ReduceOp.MAX)
+        if differs.item():
+            raise RuntimeError("data-parallel processes diverged: the trained weights are not bit-identical "
+                               "across processes")
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
