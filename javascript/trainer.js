@@ -1,4 +1,4 @@
-// Train tab (trainer_ext): client-side helpers. The WebUI loads this file on every page; the
+// Trainer tab (trainer_ext): client-side helpers. The WebUI loads this file on every page; the
 // standalone server runs it on page load. Only window.trainerExt is defined globally.
 (function () {
     function root() {

@@ -758,7 +758,7 @@ def test_extension_script_registers_a_tab_that_builds(tmp_path, tiny_sd1):
     fw.load_extension_scripts(str(REPO))
     assert str(REPO) not in sys.path[:1]
     tabs = script_callbacks.ui_tabs_callback()
-    ours = [t for t in tabs if t[1] in ("Trainer", "Train")]
+    ours = [t for t in tabs if t[1] == "Trainer"]
     assert len(ours) == 1, tabs
     blocks, label, elem_id = ours[0]
     assert isinstance(blocks, gr.Blocks) and label == "Trainer" and elem_id != "train"
