@@ -98,3 +98,21 @@ class Commands:
         hit = self._save.is_set()
         self._save.clear()
         return hit
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met a NaN/inf loss, gradient or weight and stopped before it could reach the weights or a
+    file. A user-fixable failure: the message names the step, the likely causes and their settings."""
+
+    def __init__(self, step: int, what: str, *, learning_rates: str, mixed_precision: str,
+                 detail: str = "nothing from this step was applied or saved"):
+        self.step, self.what = step, what
+        super().__init__(
+            f"training stopped at step {step}: the {what} became NaN/inf; {detail}. Files saved before it "
+            f"are kept; no final file was written.\n"
+            f"Likely causes and fixes:\n"
+            f"  - the learning rate is too high ({learning_rates}): lower it (e.g. 10x) and keep "
+            f"training.max_grad_norm on;\n"
+            f"  - fp16 overflow (training.mixed_precision = {mixed_precision}): use bf16, or no (fp32);\n"
+            f"  - NaN latents from a VAE run in fp16: use an fp32 VAE (the WebUI's --no-half-vae) and "
+            f"re-cache the latents (delete the latent cache, or turn data.cache_latents off).")

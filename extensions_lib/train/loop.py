@@ -3,6 +3,8 @@
 Read top to bottom: set up optimizer/schedule/conditioning, then for each epoch and batch:
 latents -> noise -> UNet -> loss -> backward -> (all-reduce) -> clip -> step, with events, saving
 and previews at their intervals, and a stop request honoured after every optimizer step.
+A NaN/inf loss or gradient ends the run with NonFiniteLossError before the optimizer sees it, and
+weights holding a NaN/inf are never written.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 from ..config import ConfigError, ConfigProblem, TrainConfig
 from ..methods.base import Method, SaveInfo
 from .cpu_fast_paths import cpu_fast_paths
-from .events import Callbacks, Commands, StepInfo, TrainResult
+from .events import Callbacks, Commands, NonFiniteLossError, StepInfo, TrainResult
 from .objective import denoising_loss, sample_noise, sample_timesteps, target_for
 from .optimizers import build_optimizer, build_scheduler, warmup_steps
 from .preview import non_finite_message, sample_images
@@ -55,6 +57,17 @@ class Dist:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    def any_process(self, flag: bool, device: torch.device) -> bool:
+        """True on every process when `flag` is true on any: a stop decided alone would leave the
+        others waiting forever in the next all-reduce."""
+        if self.num_processes == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def finish(self) -> None:
         """Wait until every process is done (the main one may still be writing files), then close the
@@ -93,6 +106,12 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dty
         raise ConfigError([ConfigProblem("training.mixed_precision", mp,
                                          "fp16 needs a CUDA GPU; on this device use bf16 or no")])
     return torch.float16 if mp == "fp16" else torch.bfloat16
+
+
+def all_finite(tensors) -> bool:
+    """Whether no tensor holds a NaN or inf (amax keeps a NaN; one sync for all of them)."""
+    peaks = [t.detach().abs().amax().float() for t in tensors if t is not None and t.numel()]
+    return not peaks or bool(torch.isfinite(torch.stack(peaks)).all())
 
 
 def plan_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int, int]:
@@ -139,10 +158,22 @@ class Trainer:
             px = batch.pixels.to(self.device, dtype=next(vae.parameters()).dtype)
             return vae.encode(px).latent_dist.sample().float() * self.bundle.vae_scale_factor
 
+    def _non_finite(self, step: int, what: str, **kw) -> NonFiniteLossError:
+        t = self.cfg.training
+        rates = [f"training.learning_rate = {t.learning_rate:g}"]
+        rates += [f"training.{name} = {value:g}" for name, value in
+                  (("unet_lr", t.unet_lr), ("text_encoder_lr", t.text_encoder_lr)) if value >= 0]
+        return NonFiniteLossError(step, what, learning_rates=", ".join(rates),
+                                  mixed_precision=t.mixed_precision, **kw)
+
     def _save(self, *, step: int, epoch: int, final: bool, label: dict) -> Optional[Path]:
+        path = self.method.file_path(self.output_dir, self.cfg.output_name, **label)
+        # belt and braces behind the loss/gradient checks (an optimizer step can still overflow
+        # finite weights). Every process checks: their weights are bit-identical, so all stop together
+        if not all_finite(self.method.trainable_parameters()):
+            raise self._non_finite(step, "trained weights", detail=f"{path.name} was not written")
         if not self.dist.is_main:
             return None
-        path = self.method.file_path(self.output_dir, self.cfg.output_name, **label)
         info = SaveInfo(step=step, epoch=epoch, final=final, started_at=self.started_at,
                         finished_at=time.time() if final else None,
                         extra=dict(self.save_extra, warmup_steps=self.warmup, clip_skip=self.clip_skip,
@@ -234,15 +265,26 @@ class Trainer:
                     weights = torch.where(batch.is_reg, cfg.data.prior_loss_weight, 1.0)
                     loss = denoising_loss(pred, target_for(scheduler, latents, noise, ts), scheduler=scheduler,
                                           timesteps=ts, min_snr_gamma=t.min_snr_gamma, sample_weights=weights)
-                    scaled = loss / accum
-                    (scaler.scale(scaled) if scaler else scaled).backward()
-                    recent.append(float(loss.detach()))
+                    # a NaN/inf loss is never back-propagated: straight to the step's stop decision
+                    loss_value = float(loss.detach())
+                    bad_loss = not math.isfinite(loss_value)
+                    if not bad_loss:
+                        scaled = loss / accum
+                        (scaler.scale(scaled) if scaler else scaled).backward()
+                    recent.append(loss_value)
                     micro += 1
-                    if micro % accum and i != len(batches) - 1:
+                    if not bad_loss and micro % accum and i != len(batches) - 1:
                         continue
+                    if self.dist.any_process(bad_loss, self.device):
+                        raise self._non_finite(step + 1, "loss")
                     self.dist.average_gradients(params)
                     if scaler:
                         scaler.unscale_(optimizer)
+                    # fp16's GradScaler skips steps with inf gradients by design and lowers its scale;
+                    # without it a NaN/inf gradient would poison the weights. Averaged gradients are
+                    # identical everywhere, the flag is still shared so no process can decide alone
+                    elif self.dist.any_process(not all_finite(p.grad for p in params), self.device):
+                        raise self._non_finite(step + 1, "gradients")
                     if t.max_grad_norm:
                         torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
                     if scaler:
