@@ -44,7 +44,8 @@ class ModelConfig:
 class DataConfig:
     train_dir: str = opt("", "Folder holding <repeats>_<name> subfolders of images (e.g. 10_sks dog).")
     reg_dir: str = opt("", "Optional regularization folder of the same shape (prior preservation).")
-    caption_extension: str = opt(".txt", "Caption file extension next to each image (.caption is tried too).")
+    caption_extension: str = opt(".txt", "Caption file extension next to each image, like .txt (.caption is tried "
+                                          "too); no folders.")
     resolution: int = opt(512, "Base training resolution in pixels (bucket area = resolution²).", min=64, max=4096)
     enable_buckets: bool = opt(True, "Aspect-ratio buckets: train on non-square images without cropping much.")
     min_bucket_reso: int = opt(256, "Smallest bucket side.", min=64, max=4096)
@@ -94,7 +95,8 @@ class EmbeddingConfig:
 
 @dataclass
 class HypernetworkConfig:
-    layer_structure: list = opt([1, 2, 1], "Layer widths as multiples of the input width; starts and ends with 1.")
+    layer_structure: list = opt([1, 2, 1], "Layer widths as multiples of the input width; starts and ends with 1, "
+                                           "each at most 16.")
     activation: str = opt("linear", "Activation between layers.", choices=ACTIVATIONS)
     layer_norm: bool = opt(False, "LayerNorm after each layer.")
     use_dropout: bool = opt(False, "Dropout between layers.")
@@ -153,8 +155,8 @@ class OutputConfig:
     save_every_n_steps: int = opt(0, "Also save every N steps (embeddings: name-500).", min=0, max=10_000_000)
     save_precision: str = opt("fp16", "Precision of the saved weights.", choices=SAVE_PRECISIONS)
     overwrite: bool = opt(False, "Replace existing files of the same name.")
-    comment: str = opt("", "Free text stored in the file's metadata (ss_training_comment).")
-    trigger_words: str = opt("", "Activation text written beside the LoRA (shown by the WebUI).")
+    comment: str = opt("", "Free text stored in the file's metadata (ss_training_comment); at most 64 KiB.")
+    trigger_words: str = opt("", "Activation text written beside the LoRA (shown by the WebUI); at most 4 KiB.")
     preferred_weight: float = opt(0.8, "Weight suggested in <lora:name:weight>.", min=0.0, max=10.0)
 
 

@@ -12,6 +12,15 @@ from .schema import SECTIONS
 if TYPE_CHECKING:
     from .train_config import TrainConfig
 
+# Text stored in the file's metadata (comment) and card sidecar (trigger words). The safetensors
+# library, which the WebUI, ComfyUI and kohya load through, refuses a header over 100 MB, so a long
+# comment makes a file nobody can open; 64 KiB and 4 KiB are far beyond any real note or trigger.
+MAX_COMMENT_BYTES = 64 * 1024
+MAX_TRIGGER_WORDS_BYTES = 4 * 1024
+# hypernetwork widths are multiples of up to 1280: multipliers a, b make a layer of (1280 a)(1280 b)
+# weights, already ~420 M parameters (1.7 GB in fp32) at 16 and 16; usual structures stay at 1-4
+MAX_LAYER_MULTIPLIER = 16
+
 
 def validate(cfg: "TrainConfig") -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
@@ -47,6 +56,14 @@ def check_relations(cfg: "TrainConfig", problems: list[ConfigProblem]) -> None:
     add = lambda f, v, a: problems.append(ConfigProblem(f, v, a))  # noqa: E731
     if not d.train_dir:
         add("data.train_dir", d.train_dir, "required: the folder holding <repeats>_<name> image folders")
+    ext_error = caption_extension_problem(d.caption_extension)
+    if ext_error:
+        add("data.caption_extension", d.caption_extension, ext_error)
+    for fname, value, limit in (("output.comment", cfg.output.comment, MAX_COMMENT_BYTES),
+                                ("output.trigger_words", cfg.output.trigger_words, MAX_TRIGGER_WORDS_BYTES)):
+        size = len(value.encode("utf-8", "replace")) if isinstance(value, str) else 0
+        if size > limit:
+            add(fname, _shorten(value), f"at most {limit // 1024} KiB of text (this is {size:,} bytes)")
     if d.min_bucket_reso > d.max_bucket_reso:
         add("data.min_bucket_reso", d.min_bucket_reso, f"must be <= data.max_bucket_reso ({d.max_bucket_reso})")
     if d.bucket_reso_steps % 8:
@@ -102,6 +119,10 @@ def _check_hypernetwork(cfg: "TrainConfig", add) -> None:
             or ls[0] != 1 or ls[-1] != 1):
         add("hypernetwork.layer_structure", ls, "a list of positive numbers starting and ending with 1, "
                                                 "e.g. [1, 2, 1]")
+    elif any(x > MAX_LAYER_MULTIPLIER for x in ls):
+        add("hypernetwork.layer_structure", ls,
+            f"each multiplier at most {MAX_LAYER_MULTIPLIER}: a layer between multipliers a and b holds "
+            "(1280 a) x (1280 b) weights, so larger values exhaust memory; usual values are e.g. [1, 2, 1]")
     ds = h.dropout_structure
     if ds and (len(ds) != len(ls or []) or not all(_is_number(x) and 0 <= x < 1 for x in ds)
                or ds[0] != 0 or ds[-1] != 0):
@@ -111,6 +132,20 @@ def _check_hypernetwork(cfg: "TrainConfig", add) -> None:
             or len(set(h.sizes)) != len(h.sizes)):
         add("hypernetwork.sizes", h.sizes, "attention widths without repeats: SD1 768 320 640 1280, "
                                            "SD2 1024 320 640 1280")
+
+
+def caption_extension_problem(ext) -> str | None:
+    """None for a usable caption extension ("txt" gets its dot added when scanning), else why not."""
+    if not isinstance(ext, str) or not ext.strip(".").strip():
+        return "a file extension like .txt"
+    if any(c in ext for c in "/\\") or any(ord(c) < 32 for c in ext) or ext != ext.strip():
+        return "a file extension like .txt, without folders, spaces at the ends or control characters"
+    return None
+
+
+def _shorten(value):
+    # the problem list shows the value: a 100 MB text would drown the message
+    return value[:80] + "…" if isinstance(value, str) and len(value) > 80 else value
 
 
 def _is_number(x) -> bool:

@@ -210,10 +210,28 @@ def _image_size(path: Path, check_images: bool) -> Union[tuple[int, int], ImageL
         return e
 
 
+def _unreadable(folder: Path, kind: str, error: PermissionError) -> DatasetError:
+    return DatasetError(f"{kind} folder {folder} cannot be read ({error.strerror or error}); give your user "
+                        "read and open (list) permission on it, e.g. chmod -R u+rX on Linux/macOS")
+
+
+def _list_folder(folder: Path, kind: str) -> list[Path]:
+    """The folder's entries by name, with each one's type already asked (a folder that can be listed
+    but not entered fails here too), or DatasetError naming the folder."""
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+        for entry in entries:
+            entry.is_dir()
+    except PermissionError as e:
+        raise _unreadable(folder, kind, e) from None
+    return entries
+
+
 def _scan_subset(subset: Subset, caption_exts: list[str], check_images: bool,
                  problems: list[Problem]) -> None:
     images, captions = [], []
-    for entry in sorted(subset.path.iterdir(), key=lambda p: p.name):
+    kind = "regularization" if subset.is_reg else "training"
+    for entry in _list_folder(subset.path, kind):
         if entry.name.startswith("."):
             continue  # hidden files, e.g. macOS "._x.png" resource forks
         if entry.is_dir():
@@ -251,7 +269,11 @@ def _scan_subset(subset: Subset, caption_exts: list[str], check_images: bool,
 def _scan_root(root: Path, is_reg: bool, caption_exts: list[str], check_images: bool,
                problems: list[Problem]) -> list[Subset]:
     kind = "regularization" if is_reg else "training"
-    if not root.exists():
+    try:
+        exists = root.exists()
+    except PermissionError as e:  # a parent folder that cannot be entered
+        raise _unreadable(root, kind, e) from None
+    if not exists:
         raise DatasetError(f"{kind} folder {root} does not exist; check the path")
     if not root.is_dir():
         raise DatasetError(f"{kind} folder {root} is not a folder; point it at the folder that "
@@ -260,7 +282,7 @@ def _scan_root(root: Path, is_reg: bool, caption_exts: list[str], check_images: 
     subsets: list[Subset] = []
     unprefixed: list[Path] = []
     loose_images: list[Path] = []
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+    for entry in _list_folder(root, kind):
         if entry.name.startswith("."):
             continue
         if entry.is_file():

@@ -11,10 +11,16 @@ from .hashes import (
 )
 from .metadata import embedding_metadata, lora_metadata, modelspec_metadata
 from .naming import output_path, validate_output_name
+from .preflight import OutputClashError, SavePlan, estimated_file_bytes, folder_problem, space_problem
 from .sidecar import dataset_thumbnail, existing_previews, write_lora_sidecar, write_preview_png
 
 __all__ = [
     "OutputExistsError",
+    "OutputClashError",
+    "SavePlan",
+    "estimated_file_bytes",
+    "folder_problem",
+    "space_problem",
     "atomic_write",
     "save_safetensors",
     "save_torch_legacy",

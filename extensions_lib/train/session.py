@@ -1,7 +1,8 @@
 """One training run from a config, on any host: the single entry point of the CLI, tab and REST API.
 
-Order matters: everything that can be refused (config, host state, dataset, output file) is checked
-before the model is touched, so a bad input never costs a model load or leaves anything behind.
+Order matters: everything that can be refused (config, host state, dataset, output folder, existing
+files, disk space) is checked before the model is touched, so a bad input never costs a model load or
+leaves anything behind.
 """
 from __future__ import annotations
 
@@ -10,18 +11,26 @@ from typing import Optional
 
 import torch
 
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, ConfigProblem, TrainConfig
 from ..data.dataset import TrainDataset
 from ..data.folders import scan_dataset
 from ..data.images import ImageLoadError, load_rgb
 from ..export.atomic import OutputExistsError
+from ..export.preflight import (
+    OutputClashError,
+    SavePlan,
+    estimated_file_bytes,
+    folder_problem,
+    planned_clashes,
+    space_problem,
+)
 from ..export.sidecar import dataset_thumbnail, existing_previews, write_lora_sidecar, write_preview_png
 from ..hosts.base import Host
 from ..methods.base import make_method
 from ..model.bundle import SD2
 from .cpu_fast_paths import keep_freed_memory_on
 from .events import Callbacks, Commands, TrainResult
-from .loop import Dist, Trainer, autocast_dtype
+from .loop import Dist, Trainer, autocast_dtype, plan_steps
 
 
 def build_dataset(cfg: TrainConfig, scan) -> TrainDataset:
@@ -57,9 +66,9 @@ def report_dataset(data_scan, callbacks: Callbacks) -> None:
             callbacks.on_status(line)
 
 
-def check_before_model(cfg: TrainConfig, host: Host, *, check_images: bool = True):
-    """Every refusal that needs no model (config, host state, precision, dataset, existing output),
-    in this order. Returns (dataset scan, method)."""
+def check_before_model(cfg: TrainConfig, host: Host, *, check_images: bool = True, num_processes: int = 1):
+    """Every refusal that needs no model (config, host state, precision, dataset, output folder,
+    existing files, disk space), in this order. Returns (dataset scan, method)."""
     problems = cfg.validate()
     if problems:
         raise ConfigError(problems)
@@ -67,14 +76,63 @@ def check_before_model(cfg: TrainConfig, host: Host, *, check_images: bool = Tru
     autocast_dtype(cfg, host.device())  # refuses fp16 without a GPU before any model work
     data_scan = scan(cfg, check_images=check_images)
     method = make_method(cfg)
-    final_path = method.file_path(host.output_dir(method.kind, cfg), cfg.output_name)
-    if final_path.exists() and not cfg.output.overwrite:
-        raise OutputExistsError(final_path)
+    check_output(cfg, host, method, save_plan(cfg, data_scan, num_processes))
     return data_scan, method
 
 
+def save_plan(cfg: TrainConfig, data_scan, num_processes: int = 1) -> SavePlan:
+    """The saves the run will make, from the same step count the loop computes."""
+    dataset = build_dataset(cfg, data_scan)
+    _, total, epochs = plan_steps(cfg, dataset.steps_per_epoch(num_processes))
+    return SavePlan(total, epochs, cfg.output.save_every_n_epochs, cfg.output.save_every_n_steps)
+
+
+def check_output(cfg: TrainConfig, host: Host, method, plan: SavePlan) -> None:
+    """The output folder takes files, no file the run writes exists (overwrite off), and the disk
+    has room for every save: each found now, not after hours of training at the first save."""
+    folder = host.output_dir(method.kind, cfg)
+    where = ("" if cfg.output.output_dir else
+             f" (the default folder for {method.kind} files, used because output.output_dir is empty)")
+    problem = folder_problem(folder)
+    if problem:
+        raise ConfigError([ConfigProblem("output.output_dir", str(folder),
+                                         f"{problem}{where}; set output.output_dir to a folder you can write to")])
+    if not cfg.output.overwrite:
+        clashes = planned_clashes(folder, cfg.output_name, plan, method.file_path,
+                                  sidecars=method.kind == "lora")
+        final = method.file_path(folder, cfg.output_name)
+        if clashes == [final]:
+            raise OutputExistsError(final)
+        if clashes:
+            raise OutputClashError(clashes)
+    problem = space_problem(folder, plan, estimated_file_bytes(cfg))
+    if problem:
+        raise ConfigError([ConfigProblem("output.output_dir", str(folder), problem + where)])
+
+
+def latent_disk_dir(cfg: TrainConfig, work_dir: Optional[Path]) -> Path:
+    """Where cache_latents_to_disk keeps its files: the host's work folder, else beside the images."""
+    return Path(work_dir) / "latent_cache" if work_dir else Path(cfg.data.train_dir.strip()) / ".latent_cache"
+
+
+def latent_disk_usable(cfg: TrainConfig, work_dir: Optional[Path], callbacks: Callbacks) -> bool:
+    """Whether the on-disk latent cache can be written. When it cannot (a read-only dataset folder),
+    the run caches in memory and says so: the trained result is the same, only the next run's
+    head start is lost, and refusing a whole run over that speed-up is not what a user wants."""
+    if not (cfg.data.cache_latents and cfg.data.cache_latents_to_disk):
+        return False
+    folder = latent_disk_dir(cfg, work_dir)
+    problem = folder_problem(folder)
+    if problem:
+        callbacks.on_warning(f"data.cache_latents_to_disk: {problem}; latents are cached in memory for this "
+                             "run only. Make the folder writable (or start the WebUI with --trainer-output-dir "
+                             "to keep the cache there) to reuse them next time")
+        return False
+    return True
+
+
 def cache_latents(dataset: TrainDataset, bundle, cfg: TrainConfig, callbacks: Callbacks,
-                  work_dir: Optional[Path] = None) -> None:
+                  work_dir: Optional[Path] = None, *, disk_ok: bool = True) -> None:
     if not (cfg.data.cache_latents and dataset.can_cache_latents):
         return
     vae = bundle.vae
@@ -85,9 +143,7 @@ def cache_latents(dataset: TrainDataset, bundle, cfg: TrainConfig, callbacks: Ca
         out = vae.encode(pixels.to(device, dtype)).latent_dist.mean
         return out.float().cpu() * bundle.vae_scale_factor
 
-    disk = None
-    if cfg.data.cache_latents_to_disk:
-        disk = Path(work_dir) / "latent_cache" if work_dir else Path(cfg.data.train_dir) / ".latent_cache"
+    disk = latent_disk_dir(cfg, work_dir) if cfg.data.cache_latents_to_disk and disk_ok else None
     callbacks.on_status("Caching latents…")
     # the disk cache must never hand latents of another model/VAE to this one
     key = f"{bundle.model_name}|{bundle.model_sha256 or bundle.model_hash}|{bundle.vae_name}"
@@ -106,10 +162,11 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
                  commands: Optional[Commands] = None, dist: Optional[Dist] = None) -> TrainResult:
     callbacks = callbacks or Callbacks()
     dist = dist or Dist()
-    data_scan, method = check_before_model(cfg, host)
+    data_scan, method = check_before_model(cfg, host, num_processes=dist.num_processes)
     if dist.is_main:
         report_dataset(data_scan, callbacks)
     out_dir = host.output_dir(method.kind, cfg)
+    disk_ok = latent_disk_usable(cfg, host.work_dir(), callbacks if dist.is_main else Callbacks())
 
     with host.exclusive(), host.borrow_bundle(cfg) as bundle:
         callbacks.on_status("Preparing dataset…")
@@ -118,7 +175,7 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
         torch.manual_seed(cfg.training.seed)
         method.attach(bundle)
         try:
-            cache_latents(dataset, bundle, cfg, callbacks, host.work_dir())
+            cache_latents(dataset, bundle, cfg, callbacks, host.work_dir(), disk_ok=disk_ok)
             extra = {
                 # kohya counts images x repeats here
                 "num_train_images": dataset.num_train_samples,
