@@ -75,6 +75,7 @@ def load_config(path: Path, overrides: list[str]) -> TrainConfig:
 
 
 def cmd_train(args) -> int:
+    from .config.toml_io import ConfigFileError
     from .errors import user_error_types
 
     try:
@@ -88,7 +89,7 @@ def cmd_train(args) -> int:
                 print(line)
             return 0
         return _train(cfg)
-    except user_error_types() as e:
+    except user_error_types() + (ConfigFileError,) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -102,7 +103,7 @@ def _train(cfg: TrainConfig) -> int:
 
     dist = Dist.from_accelerate()
     commands = Commands()
-    _stop_on_ctrl_c(commands)
+    _stop_on_signals(commands)
     result = run_training(cfg, StandaloneHost(device=str(_device(dist))), callbacks=ConsoleProgress(dist.is_main),
                           commands=commands, dist=dist)
     dist.finish()
@@ -177,15 +178,19 @@ def _device(dist):
     return "cpu" if device.type == "cpu" else device
 
 
-def _stop_on_ctrl_c(commands) -> None:
-    """First Ctrl-C: finish the current step and save; second: abort."""
+def _stop_on_signals(commands) -> None:
+    """First Ctrl-C or SIGTERM (what `kill`, systemd and container runtimes send): finish the current
+    step, save and exit as after a normal stop; a second one aborts without saving."""
     def handler(signum, frame):
         if commands.stop_requested:
             raise KeyboardInterrupt
-        print("\nstopping after this step (Ctrl-C again to abort without saving)…", file=sys.stderr)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: stopping after this step and saving ({name} again to abort without saving)…",
+              file=sys.stderr, flush=True)
         commands.request_stop()
 
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def cmd_config(args) -> int:

@@ -32,12 +32,20 @@ class TomlWriteError(ValueError):
     """The config cannot be written as TOML (tomli-w missing)."""
 
 
+class ConfigFileError(OSError):
+    """The config file exists but cannot be read as text: a folder, no permission, not UTF-8.
+    The message is one line naming the file and the fix."""
+
+
 def read_toml(path) -> dict:
     """The tables of a TOML config file; a file that is not TOML is a ConfigError naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigFileError(f"config {path} is a folder, not a file: give the path of a .toml config file "
+                              "(write one with `python -m extensions_lib config FILE.toml`)")
     if not path.is_file():
         raise FileNotFoundError(f"Config file not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
+    text = _read_text(path)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -48,6 +56,19 @@ def read_toml(path) -> dict:
             except tomllib.TOMLDecodeError:
                 pass
         raise ConfigError([ConfigProblem(str(path), "", f"not valid TOML: {e}")]) from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigFileError(f"config {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                              f"{e.start}): save it as UTF-8, which TOML requires") from None
+    except PermissionError:
+        raise ConfigFileError(f"config {path} cannot be read: permission denied; let this user read it "
+                              f"(e.g. chmod u+r) or copy it somewhere readable") from None
+    except OSError as e:
+        raise ConfigFileError(f"config {path} cannot be read: {e.strerror or e}; check the file") from None
 
 
 def _join_pair(m: re.Match) -> str:

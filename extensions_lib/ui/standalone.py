@@ -6,6 +6,11 @@ also the closest stand-in for the WebUI when testing the tab in a browser.
 """
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -15,6 +20,7 @@ from ..hosts.base import Host, HostError
 from ..hosts.standalone import StandaloneHost
 
 TINY = "tiny"
+STOP_WAIT_S = 300.0    # on Ctrl-C / SIGTERM: how long to wait for a running training to stop and save
 ASSETS = Path(__file__).resolve().parents[2]     # the extension root: style.css, javascript/
 
 
@@ -123,8 +129,48 @@ def serve(args) -> int:
         raise SystemExit(f"error: {hint}") from e
     register_routes(app, job, lambda: host)
     print(f"Trainer UI on {local_url}  (REST API under {local_url.rstrip('/')}/trainer/v1)", flush=True)
-    try:
-        demo.block_thread()
-    except KeyboardInterrupt:
-        job.stop()
+    signalled = _wait_for_signal()
+    return shut_down(demo, job, signalled)
+
+
+def _wait_for_signal() -> threading.Event:
+    """Block until Ctrl-C or SIGTERM. gradio's own block_thread() swallows Ctrl-C and returns while a
+    training thread is still inside torch, which aborts the process ("terminate called without an
+    active exception") before anything is saved; here the main thread waits for the training instead.
+    The returned event is set again by a second signal."""
+    signalled = threading.Event()
+    again = threading.Event()
+
+    def handler(signum, frame):
+        (again if signalled.is_set() else signalled).set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    while not signalled.wait(0.5):
+        pass
+    return again
+
+
+def shut_down(demo, job, again: threading.Event, wait_s: float = STOP_WAIT_S) -> int:
+    """Stop a running training after its current step, wait (at most `wait_s`, or until a second
+    signal) for it to save, then close the server. 0 when nothing was lost, 1 when the wait ended
+    first (the process then ends at once: a normal exit under a running torch thread aborts)."""
+    if job.running:
+        print(f"stopping the training after this step and saving; waiting up to {wait_s:.0f} s "
+              "(Ctrl-C again to quit without waiting)…", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + wait_s
+        asked = False
+        while job.running and not again.is_set() and time.monotonic() < deadline:
+            # asked again until it takes: a run still in its start checks has nothing to stop yet
+            asked = asked or job.stop()
+            job.wait(0.5)
+            time.sleep(0.05)
+        if job.running:
+            print("the training did not finish saving; quitting without it", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(1)
+        status = job.status(losses=False)
+        print(f"training {status['state']}: {status['output_path'] or 'nothing saved'}", flush=True)
+    demo.close()
+    print("Trainer UI closed", flush=True)
     return 0
