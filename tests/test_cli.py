@@ -103,7 +103,7 @@ def test_every_argument_has_help_and_shows_its_default():
     assert {c.dest for c in subparsers._choices_actions} == set(subparsers.choices)
     assert all(c.help for c in subparsers._choices_actions)
     for name, sub in subparsers.choices.items():
-        text = sub.format_help()
+        text = " ".join(sub.format_help().split())     # argparse wraps at the terminal's width
         for action in sub._actions:
             assert action.help, (name, action.dest)
             shown = action.default not in ("", [], None, False, argparse.SUPPRESS)
