@@ -14,18 +14,17 @@ pydantic 1 (AUTOMATIC1111) and current fastapi / pydantic 2 (Forge).
                                      is answered with whether it exists, never with what it holds
     GET  /trainer/v1/preview/{i}     -> PNG of the i-th latest preview image
 
-Every JSON body is at most MAX_BODY_BYTES (413), nested at most MAX_DEPTH levels and holds only
-finite numbers (422, naming the field): Python's json reads NaN, Infinity and 1e999, which no
-option accepts.
+Every JSON body is at most 1 MiB (413), nested at most 16 levels and holds only finite numbers
+(422, naming the field): see api_body.py. What /dataset reveals of a folder: api_dataset.py.
 """
 import io
 import json
-import math
-from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..config import ConfigError, TrainConfig
 from ..hosts.base import Host
+from .api_body import BodyError, read_config_body
+from .api_dataset import dataset_refusal, rest_dataset_summary
 from .job import JobBusyError, TrainingJob
 
 # module level, not inside register_routes: FastAPI reads the handlers' annotations from here
@@ -34,126 +33,6 @@ from fastapi.responses import JSONResponse, Response  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
 
 PREFIX = "/trainer/v1"
-MAX_BODY_BYTES = 1 << 20     # a config is a few KiB; prompts lists included, far below this
-MAX_DEPTH = 16               # a config is sections -> options -> lists
-
-
-class BodyError(Exception):
-    """A request body refused before it is read as a config: HTTP status and JSON reply."""
-
-    def __init__(self, status: int, body: dict):
-        super().__init__(body["error"])
-        self.status, self.body = status, body
-
-
-class _NonFinite:
-    """Stands in for NaN / Infinity / a number too large for a float while the body is parsed, so the
-    field holding it can be named."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-
-def _parse_float(text: str):
-    value = float(text)
-    return value if math.isfinite(value) else _NonFinite(text)
-
-
-async def read_json_body(request: Request) -> Any:
-    """The request's JSON, bounded in size and depth, with only finite numbers; BodyError otherwise."""
-    too_large = BodyError(413, {"error": f"the body is larger than {MAX_BODY_BYTES} bytes; "
-                                         "a training config is a few KiB"})
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise too_large
-        chunks.append(chunk)
-    try:
-        data = json.loads(b"".join(chunks), parse_constant=_NonFinite, parse_float=_parse_float)
-    except RecursionError:
-        raise BodyError(422, {"error": f"the body is nested too deeply; a config is sections of options "
-                                       f"(at most {MAX_DEPTH} levels)"}) from None
-    except ValueError as e:   # JSONDecodeError and UnicodeDecodeError
-        raise BodyError(400, {"error": f"the body must be JSON (a TrainConfig as nested sections): {e}"}) from None
-    _check_values(data)
-    return data
-
-
-def _check_values(data: Any) -> None:
-    """Walk the parsed body without recursion: refuse a non-finite number by its field, and depth."""
-    todo = [(data, "", 1)]
-    while todo:
-        value, where, depth = todo.pop()
-        if depth > MAX_DEPTH:
-            raise BodyError(422, {"error": f"{where or 'the body'} is nested more than {MAX_DEPTH} levels deep; "
-                                           "a config is sections of options"})
-        if isinstance(value, _NonFinite):
-            field = where or "the body"
-            raise BodyError(422, {"error": f"{field} = {value.text}: not a finite number; give a number such "
-                                           "as 1e-4 (NaN and Infinity are not accepted)",
-                                  "problems": [{"field": field, "value": value.text,
-                                                "allowed": "a finite number"}]})
-        if isinstance(value, dict):
-            todo += [(v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in value.items()]
-        elif isinstance(value, list):
-            todo += [(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
-
-
-def _dataset_root_verdict(folder: str, kind: str) -> Optional[str]:
-    """None when `folder` is a dataset (it holds a <repeats>_<name> subfolder), else a message that
-    says only whether it exists: a REST caller learns nothing about what a folder holds otherwise."""
-    from ..data.folders import parse_subset_name
-
-    root = Path(folder.strip()).expanduser()
-    try:
-        if not root.exists():
-            return f"{kind} folder {root} does not exist; check the path"
-        if not root.is_dir():
-            return f"{kind} folder {root} is not a folder; give the folder that holds <repeats>_<name> subfolders"
-        if any(p.is_dir() and parse_subset_name(p.name) for p in root.iterdir() if not p.name.startswith(".")):
-            return None
-    except OSError:
-        return f"{kind} folder {root} cannot be read; check its permissions"
-    return (f"{kind} folder {root} exists but is not a dataset: it has no <repeats>_<name> subfolder "
-            "(e.g. '10_sks dog') with the images")
-
-
-def dataset_refusal(cfg: TrainConfig, message: str) -> str:
-    """A dataset error as a REST caller may see it: for a folder that is not a dataset, whether it
-    exists; otherwise the scan's own message (which names only the dataset's subfolders)."""
-    d = cfg.data
-    for folder, kind in ((d.train_dir, "training"), (d.reg_dir or "", "regularization")):
-        if folder.strip():
-            verdict = _dataset_root_verdict(folder, kind)
-            if verdict:
-                return verdict
-    return message
-
-
-def rest_dataset_summary(cfg: TrainConfig) -> dict:
-    """The tab's dataset summary restricted to the <repeats>_<name> subfolders: their rows and
-    counts, and the problems of files inside them named relative to the dataset folder. Notes about
-    anything else in the folder (other subfolders, loose files) are left out."""
-    from ..train.session import scan
-    from .summary import dataset_summary
-
-    summary = dataset_summary(cfg)
-    if summary["error"]:
-        summary["error"] = dataset_refusal(cfg, summary["error"])
-    summary["problems"] = []
-    if summary["rows"]:
-        try:
-            data_scan = scan(cfg)
-        except Exception:  # noqa: BLE001 - the folder changed since the summary; the counts stand
-            return summary
-        subsets = {s.path for s in data_scan.subsets}
-        summary["problems"] = [f"{p.path.parent.name}/{p.path.name}: {p.reason}" for p in data_scan.problems
-                               if p.path.parent in subsets]
-    return summary
 
 
 def _problem_dicts(e: ConfigError) -> list:
@@ -166,14 +45,6 @@ def _jsonable(v):
         return v
     except (TypeError, ValueError):
         return repr(v)
-
-
-async def read_config_body(request: Request) -> dict:
-    data = await read_json_body(request)
-    if not isinstance(data, dict):
-        raise BodyError(422, {"error": "the body must be a JSON object of config sections, "
-                                       "e.g. {\"data\": {\"train_dir\": ...}}"})
-    return data
 
 
 def refusal(e: Exception, cfg: Optional[TrainConfig] = None):
