@@ -2,7 +2,8 @@
 
 The WebUI loads this file by path (modules/script_loading.preload_extensions) before it parses the
 command line and calls preload(parser); the values end up in modules.shared.cmd_opts as
-cmd_opts.trainer_output_dir, cmd_opts.trainer_disable_api and cmd_opts.trainer_max_resolution.
+cmd_opts.trainer_output_dir, cmd_opts.trainer_api, cmd_opts.trainer_disable_api and
+cmd_opts.trainer_max_resolution.
 The extension folder is not on sys.path at that point, so this file imports nothing of ours.
 """
 import argparse
@@ -30,8 +31,15 @@ def preload(parser: argparse.ArgumentParser) -> None:
              "when 'cache latents to disk' is on. Finished LoRAs, embeddings and hypernetworks still go to the "
              "WebUI's model folders. Default: a .latent_cache folder inside the dataset folder.")
     parser.add_argument(
+        "--trainer-api", action="store_true", default=False,
+        help="Trainer extension: add its REST API routes (/trainer/v1, which can start trainings and read "
+             "dataset folders) without the WebUI's --api. They are added with --api or --nowebui anyway, and "
+             "left out otherwise so that a WebUI without an API serves none. They ask for the same logins as "
+             "the WebUI: --api-auth, else --gradio-auth / --gradio-auth-path.")
+    parser.add_argument(
         "--trainer-disable-api", action="store_true", default=False,
-        help="Trainer extension: do not add its REST API routes; the Trainer tab still works.")
+        help="Trainer extension: never add its REST API routes, even with --api or --trainer-api; the Trainer "
+             "tab still works.")
     parser.add_argument(
         "--trainer-max-resolution", type=_resolution, default=None,
         help="Trainer extension: largest training resolution (side of a square bucket, in pixels) a user may "

@@ -59,7 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--output-root", default="output",
                    help="where results go when a config leaves output.output_dir empty")
     u.add_argument("--port", type=int, default=7861, help="port of the web server")
-    u.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    u.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0 for every interface: then --auth or --auth-file is "
+                        "required, or --insecure)")
+    u.add_argument("--auth", action="append", default=[], metavar="USER:PASSWORD",
+                   help="ask for this login on the page and on the REST API (HTTP Basic); several as "
+                        "u1:p1,u2:p2 or by repeating the option")
+    u.add_argument("--auth-file", default="",
+                   help="file of USER:PASSWORD entries (separated by commas or newlines), as --auth; keeps "
+                        "passwords out of the process list")
+    u.add_argument("--insecure", action="store_true",
+                   help="serve on an address other computers can reach without any login (anyone who reaches "
+                        "the port can start trainings and read folders on this machine)")
     return p
 
 

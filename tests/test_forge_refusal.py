@@ -25,7 +25,7 @@ def test_forge_gets_a_notice_tab_and_a_refusing_api(tmp_path):
         from fastapi.testclient import TestClient
         from modules import script_callbacks
 
-        fw.reset({str(tmp_path / 'webui')!r})
+        fw.reset({str(tmp_path / 'webui')!r}, argv=["--api"])
         fw.load_extension_scripts({str(ROOT)!r})
         [(blocks, label, elem_id)] = script_callbacks.ui_tabs_callback()
         assert (label, elem_id) == ("Trainer", "trainer_ext"), (label, elem_id)

@@ -537,7 +537,7 @@ def test_webui_script_registers_tab_settings_and_routes(tmp_path):
         from fastapi import FastAPI
         from fastapi.testclient import TestClient
 
-        fw.reset({str(tmp_path / 'webui')!r}, argv=["--api-auth", "me:secret"])
+        fw.reset({str(tmp_path / 'webui')!r}, argv=["--api", "--api-auth", "me:secret"])
         fw.load_extension_scripts({str(ROOT)!r})
         script_callbacks.ui_settings_callback()
         assert "trainer_ext_default_preset" in shared.opts.data_labels
@@ -554,7 +554,7 @@ def test_webui_script_registers_tab_settings_and_routes(tmp_path):
         s = c.get("/trainer/v1/status", auth=("me", "secret")).json()
         assert s["state"] == "idle", s
 
-        fw.reset({str(tmp_path / 'webui2')!r}, argv=["--trainer-disable-api"])
+        fw.reset({str(tmp_path / 'webui2')!r}, argv=["--api", "--trainer-disable-api"])
         fw.load_extension_scripts({str(ROOT)!r})
         app = FastAPI()
         script_callbacks.app_started_callback(None, app)

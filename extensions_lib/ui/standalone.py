@@ -3,6 +3,9 @@
 The tab is rendered into an outer Blocks the way the WebUI renders extension tabs, and the REST
 routes are added to the launched app the way the WebUI's on_app_started does, so this server is
 also the closest stand-in for the WebUI when testing the tab in a browser.
+
+--auth / --auth-file logins guard both the page (gradio's login) and the REST routes (HTTP Basic). An
+address other computers can reach (--host 0.0.0.0) is refused without a login unless --insecure says so.
 """
 from __future__ import annotations
 
@@ -106,11 +109,33 @@ def build_app(host: Host, job, defaults: Optional[TrainConfig] = None, poll_seco
     return demo
 
 
+def server_logins(args) -> dict:
+    """user -> password from --auth and --auth-file. Refuses (SystemExit with the reason and the fix)
+    unusable entries, and an address other computers can reach with no login unless --insecure."""
+    from .access import AccessError, is_loopback, parse_credentials, read_credentials_file
+
+    try:
+        users = parse_credentials("\n".join(getattr(args, "auth", None) or []), "--auth")
+        if getattr(args, "auth_file", ""):
+            users.update(read_credentials_file(args.auth_file, "--auth-file"))
+    except AccessError as e:
+        raise SystemExit(f"error: {e}") from None
+    if not users and not is_loopback(args.host) and not getattr(args, "insecure", False):
+        raise SystemExit(
+            f"error: --host {args.host} lets other computers reach the Trainer, which can start trainings and "
+            "read folders on this machine, and no login is set. Give --auth USER:PASSWORD or --auth-file FILE, "
+            "or --insecure to serve without a login anyway (only on a network you trust), or listen on "
+            "--host 127.0.0.1.")
+    return users
+
+
 def serve(args) -> int:
     from . import compat
+    from .access import basic_auth_dependencies
     from .api import register_routes
     from .job import TrainingJob
 
+    users = server_logins(args)     # before anything is loaded: a refusal is immediate
     host = CheckpointHost(output_root=args.output_root, tokenizer=getattr(args, "tokenizer", "") or "")
     defaults = TrainConfig()
     defaults.model.checkpoint = args.checkpoint
@@ -121,14 +146,15 @@ def serve(args) -> int:
     try:
         app, local_url, _ = demo.launch(**compat.launch_kwargs(
             demo, server_name=args.host, server_port=args.port, prevent_thread_lock=True, inbrowser=False,
-            show_api=False, quiet=True, share=False))
+            show_api=False, quiet=True, share=False, auth=list(users.items()) or None))
     except ValueError as e:
         hint = compat.launch_failure_hint()
         if not hint:
             raise
         raise SystemExit(f"error: {hint}") from e
-    register_routes(app, job, lambda: host)
-    print(f"Trainer UI on {local_url}  (REST API under {local_url.rstrip('/')}/trainer/v1)", flush=True)
+    register_routes(app, job, lambda: host, dependencies=basic_auth_dependencies(users))
+    login = f"; login required ({len(users)} user(s))" if users else ""
+    print(f"Trainer UI on {local_url}  (REST API under {local_url.rstrip('/')}/trainer/v1{login})", flush=True)
     signalled = _wait_for_signal()
     return shut_down(demo, job, signalled)
 

@@ -6,7 +6,7 @@ callbacks. The WebUI modules and the host adapter are imported inside the callba
 this file needs no running WebUI. One TrainingJob lives as long as the process, so a training
 keeps running (and the new page shows it) across "Reload UI".
 """
-import hmac
+import sys
 from typing import Optional
 
 from ..config import TrainConfig
@@ -101,47 +101,53 @@ def on_ui_settings():
 
 
 def api_enabled() -> bool:
-    """The REST routes are on unless the WebUI runs with --trainer-disable-api (preload.py)."""
+    """The REST routes are added only where the WebUI serves an API: with --api (or --nowebui, which is
+    the API alone) or with our --trainer-api, and never with --trainer-disable-api (preload.py)."""
     try:
         from modules import shared
     except ImportError:
         return False
-    return not getattr(shared.cmd_opts, "trainer_disable_api", False)
+    cmd = shared.cmd_opts
+    if getattr(cmd, "trainer_disable_api", False):
+        return False
+    return any(getattr(cmd, name, False) for name in ("api", "nowebui", "trainer_api"))
 
 
 def _credentials(cmd_opts) -> dict:
-    """user -> password from --api-auth, else --gradio-auth: our routes are never less guarded
-    than the WebUI's own API or its pages."""
-    spec = getattr(cmd_opts, "api_auth", None) or getattr(cmd_opts, "gradio_auth", None) or ""
-    pairs = (item.strip().split(":", 1) for item in spec.split(",") if ":" in item)
-    return {user: password for user, password in pairs}
+    """user -> password from --api-auth, else from --gradio-auth and --gradio-auth-path together (as
+    the WebUI's login page reads them): our routes are never less guarded than the WebUI's own API or
+    its pages. AccessError for an entry without ':' or an unreadable file."""
+    from .access import parse_credentials, read_credentials_file
+
+    api_auth = getattr(cmd_opts, "api_auth", None)
+    if api_auth:
+        return parse_credentials(api_auth, "--api-auth")
+    users = parse_credentials(getattr(cmd_opts, "gradio_auth", None) or "", "--gradio-auth")
+    path = getattr(cmd_opts, "gradio_auth_path", None)
+    if path:
+        users.update(read_credentials_file(path, "--gradio-auth-path"))
+    return users
 
 
 def auth_dependencies() -> list:
     from modules import shared
 
-    users = _credentials(shared.cmd_opts)
-    if not users:
-        return []
-    from fastapi import Depends, HTTPException
-    from fastapi.security import HTTPBasic
+    from .access import basic_auth_dependencies
 
-    basic = HTTPBasic()
-
-    def check(credentials=Depends(basic)):
-        expected = users.get(credentials.username)
-        if expected is not None and hmac.compare_digest(expected.encode(), credentials.password.encode()):
-            return True
-        raise HTTPException(status_code=401, detail="Incorrect username or password",
-                            headers={"WWW-Authenticate": "Basic"})
-
-    return [Depends(check)]
+    return basic_auth_dependencies(_credentials(shared.cmd_opts))
 
 
 def on_app_started(demo, app):
-    """REST routes under /trainer/v1 (also with --nowebui, where demo is None)."""
+    """REST routes under /trainer/v1 (also with --nowebui, where demo is None). Credentials that
+    cannot be read leave the routes out rather than open."""
     if not api_enabled():
         return
+    from .access import AccessError
     from .api import register_routes
 
-    register_routes(app, job(), host, dependencies=auth_dependencies())
+    try:
+        dependencies = auth_dependencies()
+    except AccessError as e:
+        print(f"Trainer: REST API not added: {e}", file=sys.stderr, flush=True)
+        return
+    register_routes(app, job(), host, dependencies=dependencies)
