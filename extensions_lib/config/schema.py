@@ -79,6 +79,9 @@ class NetworkConfig:
     train_unet: bool = opt(True, "Train the UNet part of the network.")
     train_text_encoder: bool = opt(True, "Train the text-encoder part of the network.")
     multiplier: float = opt(1.0, "Strength of the network while training.", min=0.0, max=10.0)
+    initial_weights: str = opt("", "Continue training this LoRA-family .safetensors file (kohya's --network_weights): "
+                                   "it must be of network.method's kind; its rank and alpha replace dim, alpha, "
+                                   "conv_dim and conv_alpha. Empty = start from scratch.")
 
 
 @dataclass

@@ -82,6 +82,7 @@ def check_relations(cfg: "TrainConfig", problems: list[ConfigProblem]) -> None:
     name_error = validate_output_name(cfg.output_name)
     if name_error:
         add("output.name", cfg.output_name, name_error)
+    _check_initial_weights(cfg, add)
     if n.method == "embedding":
         _check_embedding(cfg, add)
     if n.method == "hypernetwork":
@@ -89,6 +90,27 @@ def check_relations(cfg: "TrainConfig", problems: list[ConfigProblem]) -> None:
     for i, p in enumerate(cfg.sample.prompts):
         if not isinstance(p, str) or not p.strip():
             add(f"sample.prompts[{i}]", p, "a non-empty text")
+
+
+def _check_initial_weights(cfg: "TrainConfig", add) -> None:
+    """A LoRA to continue: readable, of the method's kind, with the parts the run trains (the file's
+    header only; its weights are loaded after the network is built)."""
+    from .schema import LORA_FAMILY
+
+    value = cfg.network.initial_weights
+    if not isinstance(value, str):
+        add("network.initial_weights", value, "a path to a .safetensors LoRA, or empty")
+        return
+    if not value.strip():
+        return
+    if cfg.network.method not in LORA_FAMILY:
+        add("network.initial_weights", value, f"only LoRA-family methods ({', '.join(LORA_FAMILY)}) continue a "
+                                              f"file; leave it empty for {cfg.network.method}")
+        return
+    from ..methods.initial_weights import problems
+
+    for problem in problems(cfg):
+        add("network.initial_weights", value, problem)
 
 
 def _check_embedding(cfg: "TrainConfig", add) -> None:

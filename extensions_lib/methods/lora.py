@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig
+from ..config import ConfigError, ConfigProblem, TrainConfig
 from ..export.atomic import save_safetensors
 from ..export.hashes import with_hashes
 from ..export.metadata import lora_metadata
 from ..hosts.base import HostError
 from ..model.bundle import ModelBundle
 from .base import Method, SaveInfo
+from .initial_weights import InitialWeightsError, adopt, load_into
 from .lora_bypass import use_lean_bypass
 from .merged_forward import use_merged_forward
 
@@ -115,6 +116,15 @@ class LoraMethod(Method):
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
         self.network = None
+        # a file to continue sets the network's shapes: adopted now (before the model is touched, as
+        # this runs in the start checks) so the save plan and metadata see them; notes for the user
+        self.notes: list[str] = []
+        if cfg.network.initial_weights.strip():
+            try:
+                self.notes = adopt(cfg)
+            except InitialWeightsError as e:
+                raise ConfigError([ConfigProblem("network.initial_weights", cfg.network.initial_weights,
+                                                 str(e))]) from e
 
     def attach(self, bundle: ModelBundle) -> None:
         n = self.cfg.network
@@ -128,9 +138,15 @@ class LoraMethod(Method):
         device = next(bundle.unet.parameters()).device
         net.to(device=device, dtype=torch.float32)
         net.requires_grad_(True)
+        self.network = net
+        if n.initial_weights.strip():
+            try:
+                load_into(net, n.initial_weights, bundle, n.method)
+            except InitialWeightsError as e:
+                self.detach()   # the model must be left as it was lent
+                raise ConfigError([ConfigProblem("network.initial_weights", n.initial_weights, str(e))]) from e
         use_lean_bypass(net.loras)
         use_merged_forward(net.loras)
-        self.network = net
 
     def adapter_modules(self) -> list[torch.nn.Module]:
         return [self.network] if self.network is not None else []
