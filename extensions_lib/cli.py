@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one option, e.g. --set training.learning_rate=5e-5 or "
                         "--set model.checkpoint=/path/model.safetensors (repeatable)")
+    t.add_argument("--resume", type=Path, default=None, metavar="STATE_FOLDER",
+                   help="go on from a training state folder (<name>-state, written with output.save_state); "
+                        "the same as --set training.resume=STATE_FOLDER")
     t.add_argument("--check", action="store_true",
                    help="check the config, the model paths, the dataset and the output file, print a summary "
                         "(dataset, steps, method, output file), then stop without loading the model")
@@ -91,6 +94,8 @@ def cmd_train(args) -> int:
 
     try:
         cfg = load_config(args.config, args.set)
+        if args.resume is not None:
+            cfg.training.resume = str(args.resume)
         # the standalone model paths are checked with the rest, before anything is loaded
         problems = cfg.validate() + standalone_model_problems(cfg)
         if problems:

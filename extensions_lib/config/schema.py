@@ -133,6 +133,9 @@ class TrainingConfig:
     lr_scheduler_power: float = opt(1.0, "Power of the polynomial schedule.", min=0.0, max=100.0)
     noise_offset: float = opt(0.0, "Noise offset (0.05–0.1 helps very dark/bright images).", min=0.0, max=1.0)
     min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting gamma (5 is common; 0 = off).", min=0.0, max=100.0)
+    resume: str = opt("", "Go on from a training state folder (<name>-state, written with output.save_state): "
+                          "same dataset and options; only the length, saves and previews may change. "
+                          "Empty = start fresh.")
 
 
 @dataclass
@@ -157,6 +160,11 @@ class OutputConfig:
                                    min=0, max=100000)
     save_every_n_steps: int = opt(0, "Also save every N steps (embeddings: name-500).", min=0, max=10_000_000)
     save_precision: str = opt("fp16", "Precision of the saved weights.", choices=SAVE_PRECISIONS)
+    save_state: bool = opt(False, "Also write the full training state (weights, optimizer, schedule, step, random "
+                                  "generators) to <name>-state at every save and on stop, to resume later with "
+                                  "training.resume.")
+    keep_last_n_states: int = opt(1, "How many training states to keep (older ones are named <name>-state-<step>).",
+                                  min=1, max=1000)
     overwrite: bool = opt(False, "Replace existing files of the same name.")
     comment: str = opt("", "Free text stored in the file's metadata (ss_training_comment); at most 64 KiB.")
     trigger_words: str = opt("", "Activation text written beside the LoRA (shown by the WebUI); at most 4 KiB.")

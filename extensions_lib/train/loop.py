@@ -24,6 +24,7 @@ from .events import Callbacks, Commands, NonFiniteLossError, StepInfo, TrainResu
 from .objective import denoising_loss, sample_noise, sample_timesteps, target_for
 from .optimizers import build_optimizer, build_scheduler, warmup_steps
 from .preview import non_finite_message, sample_images
+from .resume import ResumeState, capture_rng, load_into, restore_rng, state_dir, write_state
 from .text import TextConditioner
 
 
@@ -126,7 +127,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, bundle, method: Method, dataset, *, output_dir: Path,
                  callbacks: Optional[Callbacks] = None, commands: Optional[Commands] = None,
                  dist: Optional[Dist] = None, clip_skip: int = 1, save_extra: Optional[dict] = None,
-                 path_for: Optional[Callable] = None):
+                 path_for: Optional[Callable] = None, resume: Optional[ResumeState] = None,
+                 state_facts: Optional[dict] = None):
         self.cfg, self.bundle, self.method, self.dataset = cfg, bundle, method, dataset
         self.output_dir = Path(output_dir)
         self.cb = callbacks or Callbacks()
@@ -135,6 +137,9 @@ class Trainer:
         self.clip_skip = clip_skip
         self.save_extra = save_extra or {}
         self.path_for = path_for
+        # resume: where to go on from; state_facts: the config and dataset a written state records
+        self.resume, self.state_facts = resume, state_facts
+        self._own_files = set(resume.written) if resume else set()
         self.device = next(bundle.unet.parameters()).device
         self.autocast = autocast_dtype(cfg, self.device)
         self.started_at = time.time()
@@ -179,7 +184,9 @@ class Trainer:
                         extra=dict(self.save_extra, warmup_steps=self.warmup, clip_skip=self.clip_skip,
                                    num_epochs=self.planned_epochs, total_steps=self.total_steps))
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.method.save(path, info, overwrite=self.cfg.output.overwrite)
+        # a resumed run replaces its own earlier files (the final file written when it was stopped)
+        self.method.save(path, info, overwrite=self.cfg.output.overwrite or path.name in self._own_files)
+        self._own_files.add(path.name)
         self.saved.append(path)
         self.cb.on_saved(path, final)
         return path
@@ -193,6 +200,33 @@ class Trainer:
             self._save(step=step, epoch=epoch, final=False, label={"step": step})
         except OutputExistsError as e:
             self.cb.on_warning(f"Save now at step {step}: {e}")
+
+    def _snapshot(self, *, step: int, epoch: int, batches_done: int, gen: torch.Generator, optimizer,
+                  lr_schedule, losses: list[float]) -> Optional[dict]:
+        """What a state holds at this point (RNGs as they are now); None when states are off."""
+        if not (self.cfg.output.save_state and self.state_facts is not None and self.dist.is_main):
+            return None
+        tensors, plain = capture_rng(gen, self.method)
+        tensors.update(optimizer=optimizer.state_dict(), scheduler=lr_schedule.state_dict())
+        return {"tensors": tensors, "info": dict(plain, step=step, epoch=epoch, batches_done=batches_done,
+                                                 losses=losses[-1000:], model=self._model_identity())}
+
+    def _model_identity(self) -> dict:
+        b = self.bundle
+        return {"name": b.model_name or "", "hash": b.model_sha256 or b.model_hash or ""}
+
+    def _write_state(self, snapshot: Optional[dict], params: list[torch.Tensor]) -> None:
+        if snapshot is None:
+            return
+        if not all_finite(params):
+            return    # _save refuses these weights with the reason; never keep them as a state
+        info = dict(snapshot["info"], written=sorted(self._own_files))
+        folder = state_dir(self.output_dir, self.cfg.output_name)
+        self.cb.on_status(f"Saving the training state to {folder}…")
+        write_state(folder, params=params, tensors=snapshot["tensors"], info=info,
+                    config=self.state_facts["config"], dataset=self.state_facts["dataset"],
+                    keep_last=self.cfg.output.keep_last_n_states)
+        self.cb.on_status(f"training state saved: {folder} (step {info['step']})")
 
     def _preview(self, step: int) -> None:
         s = self.cfg.sample
@@ -233,6 +267,12 @@ class Trainer:
         self.planned_epochs, self.total_steps = epochs, total_steps
         self.warmup = warmup_steps(cfg, total_steps)
         lr_schedule = build_scheduler(cfg, optimizer, total_steps)
+        start_epoch, start_batch, step, losses = 1, 0, 0, []
+        if self.resume:
+            self.resume.load_tensors()
+            load_into(self.resume, params, optimizer, lr_schedule)
+            start_epoch, start_batch, step = self.resume.epoch, self.resume.batches_done, self.resume.step
+            losses = [float(x) for x in self.resume.info.get("losses", [])]
         cond = self._conditioner()
         accum = t.gradient_accumulation_steps
         gen = torch.Generator().manual_seed(t.seed + 7919 * self.dist.process_index)
@@ -242,18 +282,33 @@ class Trainer:
         method.train_mode(True)
         self.cb.on_start({"total_steps": total_steps, "epochs": epochs, "steps_per_epoch": per_epoch,
                           "trainable_params": sum(p.numel() for p in params)})
-        step, losses, stopped = 0, [], False
+        stopped, first_step, epoch = False, step, start_epoch
         recent: list[float] = []
+        snapshot = None
+        if self.resume:
+            # last, so nothing above draws from the restored generators
+            restore_rng(self.resume, gen, method)
+            was, now = self.resume.info.get("model") or {}, self._model_identity()
+            if was.get("hash") and now["hash"] and was["hash"] != now["hash"]:
+                # the WebUI's model is not part of the config: say so rather than refuse a renamed file
+                self.cb.on_warning(f"the training state was saved on model {was.get('name') or was['hash']}, "
+                                   f"this run uses {now['name'] or now['hash']}: the result will not match "
+                                   "an uninterrupted run")
+            self.cb.on_status(f"resuming at step {step}, epoch {start_epoch}, after batch {start_batch} of it")
         t0 = time.time()
         fast_paths = ExitStack()
         fast_paths.enter_context(cpu_fast_paths(bundle.unet, self.device, bool(t.gradient_checkpointing),
                                                 adapters=method.adapter_modules()))
         try:
-            for epoch in range(1, epochs + 1):
+            for epoch in range(start_epoch, max(epochs, start_epoch) + 1):
+                if step >= total_steps:
+                    break
                 batches = self.dataset.epoch_batches(epoch - 1, num_shards=self.dist.num_processes,
                                                      shard_index=self.dist.process_index)
-                micro = 0
-                for i, batch in enumerate(batches):
+                first = start_batch if epoch == start_epoch else 0
+                micro = first    # a state is taken at an optimizer step: a whole number of accumulations
+                for i in range(first, len(batches)):
+                    batch = batches[i]
                     latents = self._latents(batch)
                     captions = [method.caption(c) for c in batch.captions]
                     with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
@@ -302,33 +357,48 @@ class Trainer:
                     window = losses[-50:]
                     self.cb.on_step(StepInfo(step=step, total_steps=total_steps, epoch=epoch, total_epochs=epochs,
                                              loss=step_loss, avg_loss=sum(window) / len(window),
-                                             lr=optimizer.param_groups[-1]["lr"], it_per_s=step / elapsed,
-                                             eta_s=elapsed / step * (total_steps - step)))
+                                             lr=optimizer.param_groups[-1]["lr"],
+                                             it_per_s=(step - first_step) / elapsed,
+                                             eta_s=elapsed / (step - first_step) * (total_steps - step)))
+                    here = dict(step=step, epoch=epoch, batches_done=i + 1, gen=gen, optimizer=optimizer,
+                                lr_schedule=lr_schedule, losses=losses)
                     if self.commands.stop_requested:
                         stopped = True
+                        snapshot = self._snapshot(**here)
                         break
                     if step >= total_steps:
+                        snapshot = self._snapshot(**here)
                         break
                     # requests are taken every step, so one pressed at a periodic step is not left
                     # pending for the next one; the requested save or preview is the periodic kind
                     save_now, sample_now = self.commands.take_save(), self.commands.take_sample()
                     s_o = cfg.output.save_every_n_steps
-                    if s_o and step % s_o == 0:
+                    step_save = bool(s_o and step % s_o == 0)
+                    if step_save:
                         self._save(step=step, epoch=epoch, final=False, label={"step": step})
                     elif save_now:
                         self._save_requested(step=step, epoch=epoch)
                     if (cfg.sample.every_n_steps and step % cfg.sample.every_n_steps == 0) or sample_now:
                         self._preview(step)
+                    if step_save:    # after the preview: a resumed run goes on from here
+                        self._write_state(self._snapshot(**here), params)
                 if stopped or step >= total_steps:
                     break
-                if cfg.output.save_every_n_epochs and epoch % cfg.output.save_every_n_epochs == 0:
+                epoch_save = bool(cfg.output.save_every_n_epochs and epoch % cfg.output.save_every_n_epochs == 0)
+                if epoch_save:
                     self._save(step=step, epoch=epoch, final=False, label={"epoch": epoch})
                 if cfg.sample.every_n_epochs and epoch % cfg.sample.every_n_epochs == 0:
                     self._preview(step)
+                if epoch_save:    # the next epoch from its start
+                    self._write_state(self._snapshot(step=step, epoch=epoch + 1, batches_done=0, gen=gen,
+                                                     optimizer=optimizer, lr_schedule=lr_schedule, losses=losses),
+                                      params)
             self.dist.assert_in_sync(params)
             # the final file also holds what was learned when the user pressed stop
             self._preview(step)
             final = self._save(step=step, epoch=epoch, final=True, label={})
+            # the state as it was when the loop ended (before the final preview drew any randomness)
+            self._write_state(snapshot, params)
         finally:
             method.train_mode(False)
             fast_paths.close()

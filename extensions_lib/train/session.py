@@ -31,6 +31,7 @@ from ..model.bundle import SD2
 from .cpu_fast_paths import keep_freed_memory_on
 from .events import Callbacks, Commands, TrainResult
 from .loop import Dist, Trainer, autocast_dtype, plan_steps
+from .resume import ResumeState, dataset_files, dataset_hash, read_state, state_dir
 
 
 def build_dataset(cfg: TrainConfig, scan) -> TrainDataset:
@@ -67,8 +68,15 @@ def report_dataset(data_scan, callbacks: Callbacks) -> None:
 
 
 def check_before_model(cfg: TrainConfig, host: Host, *, check_images: bool = True, num_processes: int = 1):
-    """Every refusal that needs no model (config, host state, precision, dataset, output folder,
-    existing files, disk space), in this order. Returns (dataset scan, method)."""
+    """Every refusal that needs no model (config, host state, precision, dataset, a training state to
+    resume from, output folder, existing files, disk space), in this order. Returns (dataset scan,
+    method)."""
+    data_scan, method, _ = check_run(cfg, host, check_images=check_images, num_processes=num_processes)
+    return data_scan, method
+
+
+def check_run(cfg: TrainConfig, host: Host, *, check_images: bool = True, num_processes: int = 1):
+    """check_before_model, also returning the checked training state to resume from (or None)."""
     problems = cfg.validate()
     if problems:
         raise ConfigError(problems)
@@ -76,8 +84,14 @@ def check_before_model(cfg: TrainConfig, host: Host, *, check_images: bool = Tru
     autocast_dtype(cfg, host.device())  # refuses fp16 without a GPU before any model work
     data_scan = scan(cfg, check_images=check_images)
     method = make_method(cfg)
-    check_output(cfg, host, method, save_plan(cfg, data_scan, num_processes))
-    return data_scan, method
+    resume = None
+    if cfg.training.resume.strip():
+        if num_processes > 1:
+            raise ConfigError([ConfigProblem("training.resume", cfg.training.resume,
+                                             "a run resumes in one process: leave it empty under accelerate")])
+        resume = read_state(cfg, data_scan)
+    check_output(cfg, host, method, save_plan(cfg, data_scan, num_processes), resume=resume)
+    return data_scan, method, resume
 
 
 def save_plan(cfg: TrainConfig, data_scan, num_processes: int = 1) -> SavePlan:
@@ -87,9 +101,11 @@ def save_plan(cfg: TrainConfig, data_scan, num_processes: int = 1) -> SavePlan:
     return SavePlan(total, epochs, cfg.output.save_every_n_epochs, cfg.output.save_every_n_steps)
 
 
-def check_output(cfg: TrainConfig, host: Host, method, plan: SavePlan) -> None:
+def check_output(cfg: TrainConfig, host: Host, method, plan: SavePlan, *,
+                 resume: Optional[ResumeState] = None) -> None:
     """The output folder takes files, no file the run writes exists (overwrite off), and the disk
-    has room for every save: each found now, not after hours of training at the first save."""
+    has room for every save: each found now, not after hours of training at the first save. A
+    resumed run may replace the files its own earlier part wrote (the state lists them)."""
     folder = host.output_dir(method.kind, cfg)
     where = ("" if cfg.output.output_dir else
              f" (the default folder for {method.kind} files, used because output.output_dir is empty)")
@@ -100,6 +116,12 @@ def check_output(cfg: TrainConfig, host: Host, method, plan: SavePlan) -> None:
     if not cfg.output.overwrite:
         clashes = planned_clashes(folder, cfg.output_name, plan, method.file_path,
                                   sidecars=method.kind == "lora")
+        state = state_dir(folder, cfg.output_name)
+        if cfg.output.save_state and state.exists() and not (resume and resume.folder.resolve() == state.resolve()):
+            clashes.append(state)    # a state of another run would be replaced
+        if resume:
+            own = own_files(method.file_path(folder, cfg.output_name), resume.written)
+            clashes = [p for p in clashes if p.name not in own]
         final = method.file_path(folder, cfg.output_name)
         if clashes == [final]:
             raise OutputExistsError(final)
@@ -108,6 +130,17 @@ def check_output(cfg: TrainConfig, host: Host, method, plan: SavePlan) -> None:
     problem = space_problem(folder, plan, estimated_file_bytes(cfg))
     if problem:
         raise ConfigError([ConfigProblem("output.output_dir", str(folder), problem + where)])
+
+
+def own_files(final: Path, written: list[str]) -> set[str]:
+    """Names a resumed run may replace: what its earlier part saved and, once the final file was
+    written (on stop), the card files written beside it."""
+    from ..export.sidecar import preview_path, sidecar_path
+
+    own = set(written)
+    if final.name in own:
+        own |= {Path(sidecar_path(final)).name, Path(preview_path(final)).name}
+    return own
 
 
 def latent_disk_dir(cfg: TrainConfig, work_dir: Optional[Path]) -> Path:
@@ -162,7 +195,7 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
                  commands: Optional[Commands] = None, dist: Optional[Dist] = None) -> TrainResult:
     callbacks = callbacks or Callbacks()
     dist = dist or Dist()
-    data_scan, method = check_before_model(cfg, host, num_processes=dist.num_processes)
+    data_scan, method, resume = check_run(cfg, host, num_processes=dist.num_processes)
     if dist.is_main:
         report_dataset(data_scan, callbacks)
     out_dir = host.output_dir(method.kind, cfg)
@@ -185,36 +218,39 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
             }
             trainer = Trainer(cfg, bundle, method, dataset, output_dir=out_dir, callbacks=callbacks,
                               commands=commands, dist=dist, clip_skip=effective_clip_skip(host, cfg, bundle),
-                              save_extra=extra)
+                              save_extra=extra, resume=resume, state_facts=state_facts(cfg, data_scan))
             result = trainer.run()
         finally:
             method.detach()
     if dist.is_main and result.output_path is not None:
         if method.kind == "lora":
-            write_lora_extras(cfg, data_scan, bundle, result, callbacks)
+            write_lora_extras(cfg, data_scan, bundle, result, callbacks,
+                              replace=bool(resume) and result.output_path.name in resume.written)
         host.refresh(method.kind, result.output_path)
     return result
 
 
-def write_lora_extras(cfg: TrainConfig, data_scan, bundle, result: TrainResult, callbacks: Callbacks) -> None:
+def write_lora_extras(cfg: TrainConfig, data_scan, bundle, result: TrainResult, callbacks: Callbacks, *,
+                      replace: bool = False) -> None:
     """`<name>.json` (trigger words, weight, SD version: what the WebUI's card shows and uses) and
     `<name>.png` (the last preview, else a thumbnail of the training images) beside the LoRA. A user's
-    existing files are kept unless overwrite is on."""
+    existing files are kept unless overwrite is on; `replace`: they are this run's own (resumed)."""
+    overwrite = cfg.output.overwrite or replace
     trigger = cfg.output.trigger_words or ", ".join(dict.fromkeys(s.name for s in data_scan.train_subsets))
     notes = (f"{cfg.network.method} dim {cfg.network.dim} alpha {cfg.network.alpha:g}, {result.steps} steps "
              f"on {bundle.model_name or 'the loaded checkpoint'}")
     writers = [lambda: write_lora_sidecar(result.output_path, activation_text=trigger,
                                           preferred_weight=min(cfg.output.preferred_weight, 2.0),
                                           sd_version="SD2" if bundle.version == SD2 else "SD1", notes=notes,
-                                          overwrite=cfg.output.overwrite)]
+                                          overwrite=overwrite)]
     # any picture the WebUI would show for this file (<name>.png, .preview.png, .jpg, ...) is the user's
-    kept = [] if cfg.output.overwrite else existing_previews(result.output_path)
+    kept = [] if overwrite else existing_previews(result.output_path)
     if kept:
         callbacks.on_status(f"kept the existing card picture: {kept[0]}")
     else:
         picture, infotext = card_picture(data_scan, result)
         if picture is not None:
-            writers.append(lambda: write_preview_png(result.output_path, picture, overwrite=cfg.output.overwrite,
+            writers.append(lambda: write_preview_png(result.output_path, picture, overwrite=overwrite,
                                                      infotext=infotext))
     for write in writers:
         try:
@@ -240,3 +276,11 @@ def card_picture(data_scan, result: TrainResult):
             if len(images) == 4:
                 return dataset_thumbnail(images), None
     return (dataset_thumbnail(images), None) if images else (None, None)
+
+
+def state_facts(cfg: TrainConfig, data_scan) -> Optional[dict]:
+    """What every written training state records besides the tensors: the config and the dataset."""
+    if not cfg.output.save_state:
+        return None
+    files = dataset_files(data_scan)
+    return {"config": cfg.to_dict(), "dataset": {"hash": dataset_hash(files), "files": files}}

@@ -6,6 +6,7 @@ pydantic 1 (AUTOMATIC1111) and current fastapi / pydantic 2 (Forge).
     POST /trainer/v1/train           body: TrainConfig as nested sections -> 200 {"job_id", "status"}
                                      422 {"error", "problems": [{field, value, allowed}]}  bad config
                                      400 {"error"}  dataset / host refused;  409 {"error"}  busy or output exists
+                                     training.resume (a state folder to go on from) is checked before the model
     GET  /trainer/v1/status          -> the job's status (add ?losses=false to leave the loss list out)
     POST /trainer/v1/stop            -> {"stopping": bool, "status"}
     GET  /trainer/v1/config/default  -> the default TrainConfig as JSON (a template for /train)

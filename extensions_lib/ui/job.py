@@ -293,4 +293,6 @@ def preflight(cfg: TrainConfig, host: Host) -> tuple[int, int, list[str]]:
     dataset = build_dataset(cfg, scan)
     _, total, epochs = plan_steps(cfg, dataset.steps_per_epoch())
     log = [f"{total} steps in {epochs} epochs"]
+    if cfg.training.resume.strip():
+        log.append(f"resuming from the training state {cfg.training.resume.strip()}")
     return total, epochs, log

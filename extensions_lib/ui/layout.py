@@ -64,7 +64,8 @@ LAYOUT: dict[str, dict[str, list[list[str]]]] = {
     "Output": {
         "rows": [["output.name", "output.save_precision", "output.overwrite"],
                  ["output.trigger_words", "output.preferred_weight"],
-                 ["output.save_every_n_epochs", "output.save_every_n_steps"]],
+                 ["output.save_every_n_epochs", "output.save_every_n_steps"],
+                 ["output.save_state", "output.keep_last_n_states", "training.resume"]],
         "advanced": [["output.output_dir"], ["output.comment"]],
     },
     "Model": {   # only where the host loads the checkpoint the form names (the WebUI lends its own)
