@@ -148,16 +148,18 @@ def test_read_only_output_folder(tmp_path, data, monkeypatch):
 
 
 # -- 2. files the run would write ----------------------------------------------------------------
-def test_existing_intermediate_and_sidecar_files_are_named(tmp_path, data):
+def test_existing_intermediate_files_are_named_and_a_users_card_files_are_not_clashes(tmp_path, data):
     out = tmp_path / "out"
     out.mkdir()
     host = NoModelHost(tmp_path / "default")
     # 2 images x 2 repeats, batch 1: 4 steps per epoch, 2 epochs = 8 steps
     cfg = quick_config(data, out, output__save_every_n_epochs=1)
     (out / "test_lora-000001.safetensors").write_bytes(b"an earlier run's epoch file")
-    (out / "test_lora.json").write_text("{}")
+    (out / "test_lora.json").write_text("{}")      # the user's card files: kept by the run, not refused
+    (out / "test_lora.png").write_bytes(b"a picture")
     for m in refused(cfg, host, tmp_path, OutputExistsError):
-        assert "test_lora-000001.safetensors" in m and "test_lora.json" in m and "output.overwrite" in m
+        assert "test_lora-000001.safetensors" in m and "output.overwrite" in m
+        assert "test_lora.json" not in m and "test_lora.png" not in m
     for f in out.iterdir():
         f.unlink()
 

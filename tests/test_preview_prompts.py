@@ -98,3 +98,15 @@ def test_a_bad_line_stops_sample_images_before_any_sampling():
     with pytest.raises(PromptLineError, match="--w 70"):
         sample_images(bundle, ["sks", "sks --w 70"], width=64, height=64, steps=2)
     assert calls == []
+
+
+def test_a_bad_prompt_line_is_refused_by_the_config_check_before_training():
+    from extensions_lib.config import ConfigError, TrainConfig
+
+    cfg = TrainConfig()
+    cfg.data.train_dir = "/anywhere"
+    cfg.sample.prompts = ["a photo of sks --w 512", "a photo of sks --w 70"]
+    with pytest.raises(ConfigError) as e:
+        cfg.check()
+    assert [p.field for p in e.value.problems] == ["sample.prompts[1]"]
+    assert "--w 70 is not a multiple of 8" in str(e.value)

@@ -7,6 +7,7 @@ import math
 from typing import TYPE_CHECKING
 
 from .problems import ConfigProblem
+from .prompt_line import check_prompt_line
 from .schema import SECTIONS
 
 if TYPE_CHECKING:
@@ -90,6 +91,11 @@ def check_relations(cfg: "TrainConfig", problems: list[ConfigProblem]) -> None:
     for i, p in enumerate(cfg.sample.prompts):
         if not isinstance(p, str) or not p.strip():
             add(f"sample.prompts[{i}]", p, "a non-empty text")
+            continue
+        try:
+            check_prompt_line(p)        # its --w/--h/--s/... options, now rather than at the first preview
+        except ValueError as e:
+            add(f"sample.prompts[{i}]", p, str(e))
 
 
 def _check_initial_weights(cfg: "TrainConfig", add) -> None:

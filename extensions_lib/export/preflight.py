@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from .atomic import OutputExistsError
-from .sidecar import preview_path, sidecar_path
 
 MIB = 1024 * 1024
 # estimated size x this + a fixed slack: the estimate is rough, and each save also needs room for
@@ -100,14 +99,13 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
-def planned_clashes(folder: Path, name: str, plan: SavePlan, file_path: Callable[..., Path],
-                    sidecars: bool) -> list[Path]:
+def planned_clashes(folder: Path, name: str, plan: SavePlan, file_path: Callable[..., Path]) -> list[Path]:
     """Existing files the run would write. `file_path(folder, name, epoch=/step=)` is the method's
     own naming. Only files already in the folder are tested, so a plan of millions of step saves
-    costs nothing."""
+    costs nothing. A LoRA's .json/.png beside it are not clashes: an existing one is the user's and
+    is kept (the run says so)."""
     final = Path(file_path(folder, name))
-    wanted = [final] + ([Path(sidecar_path(final)), Path(preview_path(final))] if sidecars else [])
-    found = [p for p in wanted if os.path.lexists(p)]
+    found = [final] if os.path.lexists(final) else []
     for entry in _entries_starting_with(folder, name):
         for number in {int(x) for x in re.findall(r"\d+", entry.name[len(name):])}:
             for label, planned in (("epoch", plan.is_epoch_save), ("step", plan.is_step_save)):

@@ -23,7 +23,7 @@ from .cpu_fast_paths import cpu_fast_paths
 from .events import Callbacks, Commands, NonFiniteLossError, StepInfo, TrainResult
 from .objective import denoising_loss, sample_noise, sample_timesteps, target_for
 from .optimizers import build_optimizer, build_scheduler, warmup_steps
-from .preview import non_finite_message, sample_images
+from .preview import non_finite_message, parse_prompt_line, sample_images
 from .resume import ResumeState, capture_rng, load_into, restore_rng, state_dir, write_state
 from .text import TextConditioner
 
@@ -246,7 +246,9 @@ class Trainer:
         for index, where in problems:
             self.cb.on_warning(non_finite_message(s.prompts[index], where, step))
         # a NaN preview is not shown, not kept for the card picture, and does not stand in for a newer one
-        pairs = [(prompt, image) for prompt, image in zip(s.prompts, images) if image is not None]
+        # captions show the prompt without its --w/--s/... options
+        pairs = [(parse_prompt_line(prompt).prompt, image) for prompt, image in zip(s.prompts, images)
+                 if image is not None]
         self.previews = pairs
         if pairs:
             self.cb.on_sample(pairs, step)

@@ -114,14 +114,12 @@ def check_output(cfg: TrainConfig, host: Host, method, plan: SavePlan, *,
         raise ConfigError([ConfigProblem("output.output_dir", str(folder),
                                          f"{problem}{where}; set output.output_dir to a folder you can write to")])
     if not cfg.output.overwrite:
-        clashes = planned_clashes(folder, cfg.output_name, plan, method.file_path,
-                                  sidecars=method.kind == "lora")
+        clashes = planned_clashes(folder, cfg.output_name, plan, method.file_path)
         state = state_dir(folder, cfg.output_name)
         if cfg.output.save_state and state.exists() and not (resume and resume.folder.resolve() == state.resolve()):
             clashes.append(state)    # a state of another run would be replaced
         if resume:
-            own = own_files(method.file_path(folder, cfg.output_name), resume.written)
-            clashes = [p for p in clashes if p.name not in own]
+            clashes = [p for p in clashes if p.name not in set(resume.written)]
         final = method.file_path(folder, cfg.output_name)
         if clashes == [final]:
             raise OutputExistsError(final)
@@ -130,17 +128,6 @@ def check_output(cfg: TrainConfig, host: Host, method, plan: SavePlan, *,
     problem = space_problem(folder, plan, estimated_file_bytes(cfg))
     if problem:
         raise ConfigError([ConfigProblem("output.output_dir", str(folder), problem + where)])
-
-
-def own_files(final: Path, written: list[str]) -> set[str]:
-    """Names a resumed run may replace: what its earlier part saved and, once the final file was
-    written (on stop), the card files written beside it."""
-    from ..export.sidecar import preview_path, sidecar_path
-
-    own = set(written)
-    if final.name in own:
-        own |= {Path(sidecar_path(final)).name, Path(preview_path(final)).name}
-    return own
 
 
 def latent_disk_dir(cfg: TrainConfig, work_dir: Optional[Path]) -> Path:
@@ -198,6 +185,8 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
     data_scan, method, resume = check_run(cfg, host, num_processes=dist.num_processes)
     if dist.is_main:
         report_dataset(data_scan, callbacks)
+        for note in getattr(method, "notes", ()):   # e.g. the rank taken from network.initial_weights
+            callbacks.on_status(note)
     out_dir = host.output_dir(method.kind, cfg)
     disk_ok = latent_disk_usable(cfg, host.work_dir(), callbacks if dist.is_main else Callbacks())
 

@@ -33,7 +33,7 @@ LAYOUT: dict[str, dict[str, list[list[str]]]] = {
         "rows": [["network.dim", "network.alpha", "network.conv_dim", "network.conv_alpha"],
                  ["network.train_unet", "network.train_text_encoder", "network.lokr_factor"]],
         "advanced": [["network.dropout", "network.rank_dropout", "network.module_dropout"],
-                     ["network.multiplier"]],
+                     ["network.multiplier", "network.initial_weights"]],
     },
     "Embedding": {
         "rows": [["embedding.token", "embedding.init_text", "embedding.num_vectors"],
