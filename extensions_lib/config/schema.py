@@ -140,7 +140,9 @@ class TrainingConfig:
 
 @dataclass
 class SampleConfig:
-    prompts: list = opt([], "Preview prompts (empty = no previews).")
+    prompts: list = opt([], "Preview prompts (empty = no previews). A line may end with sd-scripts' options "
+                            "--n negative --w W --h H --s steps --l cfg --d seed (W, H multiples of 8); the rest "
+                            "comes from sample.*.")
     negative_prompt: str = opt("", "Negative prompt for previews.")
     every_n_epochs: int = opt(1, "Make previews every N epochs (0 = only at the end).", min=0, max=100000)
     every_n_steps: int = opt(0, "Also every N steps (0 = off).", min=0, max=10_000_000)
