@@ -10,6 +10,6 @@ for s in $stacks; do bash tools/setup_env.sh "$s"; done
 status=0
 for s in $stacks; do
   echo "=== tests on the $s stack ==="
-  ".venv/$s/bin/python" -m pytest tests -q -rs -p no:cacheprovider --timeout=900 "$@" || status=$?
+  ".venv/$s/bin/python" -m pytest tests -q -rfEs -p no:cacheprovider --timeout=900 "$@" || status=$?
 done
 exit $status
