@@ -1,5 +1,5 @@
-"""The refusals a user can fix (bad config, dataset, model, output name, busy host, a run gone NaN),
-as opposed to bugs. Front ends show these as plain messages, without a traceback."""
+"""The refusals a user can fix (bad config, dataset, model, output name, busy host, a run gone NaN or
+out of memory), as opposed to bugs. Front ends show these as plain messages, without a traceback."""
 from __future__ import annotations
 
 
@@ -10,6 +10,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from .hosts.base import HostError
     from .model.errors import ModelError
     from .train.events import NonFiniteLossError
+    from .train.memory import OutOfMemoryTrainingError
 
     return (ConfigError, DatasetError, HostError, ModelError, OutputExistsError, FileNotFoundError,
-            NonFiniteLossError)
+            NonFiniteLossError, OutOfMemoryTrainingError)

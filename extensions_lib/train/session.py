@@ -31,6 +31,8 @@ from ..model.bundle import SD2
 from .cpu_fast_paths import keep_freed_memory_on
 from .events import Callbacks, Commands, TrainResult
 from .loop import Dist, Trainer, autocast_dtype, plan_steps
+from .memory import (MemoryEstimate, OutOfMemoryTrainingError, device_memory, estimate_run, free_memory,
+                     is_out_of_memory)
 from .resume import ResumeState, dataset_files, dataset_hash, read_state, state_dir
 
 
@@ -190,6 +192,8 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
     out_dir = host.output_dir(method.kind, cfg)
     disk_ok = latent_disk_usable(cfg, host.work_dir(), callbacks if dist.is_main else Callbacks())
 
+    failed = None    # (memory estimate, failed step, allocation error's text) of a run out of memory
+    tap = StepTap(callbacks, step=resume.step if resume else 0)
     with host.exclusive(), host.borrow_bundle(cfg) as bundle:
         callbacks.on_status("Preparing dataset…")
         dataset = build_dataset(cfg, data_scan)
@@ -205,18 +209,59 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
                 "tag_frequency": dataset.tag_frequency(),
                 "dataset_dirs": dataset.dataset_dirs(),
             }
-            trainer = Trainer(cfg, bundle, method, dataset, output_dir=out_dir, callbacks=callbacks,
+            trainer = Trainer(cfg, bundle, method, dataset, output_dir=out_dir, callbacks=tap,
                               commands=commands, dist=dist, clip_skip=effective_clip_skip(host, cfg, bundle),
                               save_extra=extra, resume=resume, state_facts=state_facts(cfg, data_scan))
             result = trainer.run()
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            # only the message is kept: the error's traceback holds the failed step's tensors
+            failed = (run_estimate(cfg, host, bundle, method, dataset),
+                      tap.step + 1 if tap.started else None, str(e))
         finally:
             method.detach()
+        if failed is not None:
+            # freed before the host takes its model back, so the WebUI can generate again at once;
+            # the borrow then ends normally and checks the model is intact
+            trainer = None
+            free_memory(host.device())
+    if failed is not None:
+        estimate, step, cause = failed
+        device = host.device()
+        raise OutOfMemoryTrainingError(cfg, step=step, device=device, estimate=estimate,
+                                       available=device_memory(device), cause=cause)
     if dist.is_main and result.output_path is not None:
         if method.kind == "lora":
             write_lora_extras(cfg, data_scan, bundle, result, callbacks,
                               replace=bool(resume) and result.output_path.name in resume.written)
         host.refresh(method.kind, result.output_path)
     return result
+
+
+class StepTap:
+    """The caller's callbacks, every hook passed through, noting whether the loop started and its last
+    finished optimizer step (for the out-of-memory message)."""
+
+    def __init__(self, inner: Callbacks, step: int = 0):
+        self.inner, self.step, self.started = inner, step, False
+
+    def on_start(self, info: dict) -> None:
+        self.started = True
+        self.inner.on_start(info)
+
+    def on_step(self, info) -> None:
+        self.step = info.step
+        self.inner.on_step(info)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def run_estimate(cfg: TrainConfig, host: Host, bundle, method, dataset) -> MemoryEstimate:
+    """The memory estimate of this run; the WebUI host lends the model it holds: no frozen weights added."""
+    return estimate_run(cfg, bundle, method, device=host.device(), host_holds_model=host.name == "a1111",
+                        num_images=dataset.num_train_samples + dataset.num_reg_samples)
 
 
 def write_lora_extras(cfg: TrainConfig, data_scan, bundle, result: TrainResult, callbacks: Callbacks, *,
