@@ -142,6 +142,29 @@ def test_out_of_memory_in_the_unet_forward_keeps_the_files_saved_before(tmp_path
     assert (tmp_path / "out" / STEP2).read_bytes() == saved[STEP2]
 
 
+def test_out_of_memory_before_the_first_step_is_reported_too(tmp_path, monkeypatch):
+    """Moving the model to the device can be what does not fit: the same message, before any step."""
+    import extensions_lib.hosts.standalone as standalone
+
+    cfg = _config(tmp_path)
+    bundle = tiny_bundle()
+    weights, marks = _weights(bundle), _module_marks(bundle)
+
+    def cast(module, device, dtype):
+        raise RuntimeError(CUDA_OOM)
+
+    monkeypatch.setattr(standalone, "_cast", cast)
+    with pytest.raises(OutOfMemoryTrainingError) as e:
+        run_training(cfg, StandaloneHost(bundle))
+    text = str(e.value)
+    _assert_names_the_knobs(text, cfg)
+    assert "before training began" in text and e.value.step is None
+    # nothing measured yet: the estimate takes SD1.5's shape (its frozen weights in fp32)
+    assert e.value.estimate.frozen > 3 * GIB
+    _assert_unchanged(bundle, weights, marks)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_another_error_is_not_taken_for_out_of_memory(tmp_path, monkeypatch):
     cfg = _config(tmp_path)
     bundle = tiny_bundle()

@@ -147,7 +147,7 @@ def free_memory(device: torch.device) -> None:
 
 class OutOfMemoryTrainingError(RuntimeError):
     """The run ran out of memory and stopped; the message names the settings that need less of it.
-    `step`: the optimizer step that failed (None: before training began)."""
+    `step`: the optimizer step that failed (None: before the first step began)."""
 
     def __init__(self, cfg, *, step: Optional[int], device: torch.device, estimate: MemoryEstimate,
                  available: Optional[tuple[int, int]], cause: str = ""):
@@ -155,7 +155,8 @@ class OutOfMemoryTrainingError(RuntimeError):
         t, res = cfg.training, int(cfg.data.resolution)
         lower = max(64, res * 3 // 4 // 64 * 64)
         smaller = f" (e.g. {lower})" if lower < res else ""
-        where = f"at step {step}" if step else "before the first step (while caching latents)"
+        where = (f"at step {step}" if step else
+                 "before training began (moving the model to the device, attaching the network or caching latents)")
         memory = (f"{gib(available[0])} free of {gib(available[1])} on {device} now"
                   if available else f"the free memory of {device} could not be read")
         fixes = [

@@ -31,8 +31,8 @@ from ..model.bundle import SD2
 from .cpu_fast_paths import keep_freed_memory_on
 from .events import Callbacks, Commands, TrainResult
 from .loop import Dist, Trainer, autocast_dtype, plan_steps
-from .memory import (MemoryEstimate, OutOfMemoryTrainingError, device_memory, estimate_run, free_memory,
-                     is_out_of_memory)
+from .memory import (MemoryEstimate, OutOfMemoryTrainingError, device_memory, estimate_peak, estimate_run,
+                     free_memory, is_out_of_memory)
 from .resume import ResumeState, dataset_files, dataset_hash, read_state, state_dir
 
 
@@ -194,41 +194,49 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
 
     failed = None    # (memory estimate, failed step, allocation error's text) of a run out of memory
     tap = StepTap(callbacks, step=resume.step if resume else 0)
-    with host.exclusive(), host.borrow_bundle(cfg) as bundle:
-        callbacks.on_status("Preparing dataset…")
-        dataset = build_dataset(cfg, data_scan)
-        # same seed in every process: data-parallel copies must start from identical weights
-        torch.manual_seed(cfg.training.seed)
-        method.attach(bundle)
-        try:
-            cache_latents(dataset, bundle, cfg, callbacks, host.work_dir(), disk_ok=disk_ok)
-            extra = {
-                # kohya counts images x repeats here
-                "num_train_images": dataset.num_train_samples,
-                "num_reg_images": dataset.num_reg_samples,
-                "tag_frequency": dataset.tag_frequency(),
-                "dataset_dirs": dataset.dataset_dirs(),
-            }
-            trainer = Trainer(cfg, bundle, method, dataset, output_dir=out_dir, callbacks=tap,
-                              commands=commands, dist=dist, clip_skip=effective_clip_skip(host, cfg, bundle),
-                              save_extra=extra, resume=resume, state_facts=state_facts(cfg, data_scan))
-            result = trainer.run()
-        except Exception as e:
-            if not is_out_of_memory(e):
-                raise
-            # only the message is kept: the error's traceback holds the failed step's tensors
-            failed = (run_estimate(cfg, host, bundle, method, dataset),
-                      tap.step + 1 if tap.started else None, str(e))
-        finally:
-            method.detach()
-        if failed is not None:
-            # freed before the host takes its model back, so the WebUI can generate again at once;
-            # the borrow then ends normally and checks the model is intact
-            trainer = None
-            free_memory(host.device())
+    try:
+        with host.exclusive(), host.borrow_bundle(cfg) as bundle:
+            callbacks.on_status("Preparing dataset…")
+            dataset = build_dataset(cfg, data_scan)
+            # same seed in every process: data-parallel copies must start from identical weights
+            torch.manual_seed(cfg.training.seed)
+            method.attach(bundle)
+            try:
+                cache_latents(dataset, bundle, cfg, callbacks, host.work_dir(), disk_ok=disk_ok)
+                extra = {
+                    # kohya counts images x repeats here
+                    "num_train_images": dataset.num_train_samples,
+                    "num_reg_images": dataset.num_reg_samples,
+                    "tag_frequency": dataset.tag_frequency(),
+                    "dataset_dirs": dataset.dataset_dirs(),
+                }
+                trainer = Trainer(cfg, bundle, method, dataset, output_dir=out_dir, callbacks=tap,
+                                  commands=commands, dist=dist, clip_skip=effective_clip_skip(host, cfg, bundle),
+                                  save_extra=extra, resume=resume, state_facts=state_facts(cfg, data_scan))
+                result = trainer.run()
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                # only the message is kept: the error's traceback holds the failed step's tensors
+                failed = (run_estimate(cfg, host, bundle, method, dataset),
+                          tap.step + 1 if tap.started else None, str(e))
+            finally:
+                method.detach()
+            if failed is not None:
+                # freed before the host takes its model back, so the WebUI can generate again at once;
+                # the borrow then ends normally and checks the model is intact
+                trainer = None
+                free_memory(host.device())
+    except Exception as e:
+        if failed is not None or not is_out_of_memory(e):
+            raise
+        # the model's move to the device or the network did not fit: no run to measure yet, the
+        # estimate takes SD1.5's shape
+        failed = (estimate_peak(cfg, device=host.device(), host_holds_model=host.name == "a1111"), None, str(e))
     if failed is not None:
         estimate, step, cause = failed
         device = host.device()
+        free_memory(device)
         raise OutOfMemoryTrainingError(cfg, step=step, device=device, estimate=estimate,
                                        available=device_memory(device), cause=cause)
     if dist.is_main and result.output_path is not None:
