@@ -163,6 +163,7 @@ def test_check_prints_a_summary_and_loads_nothing(tmp_path, capsys):
     assert "3 training images (6 samples per epoch)" in out
     assert lines["steps"].startswith("3 per epoch x 2 epoch(s) = 6 steps (batch 2")
     assert lines["output"] == str((tmp_path / "out" / "test_lora.safetensors").resolve())
+    assert lines["memory"].startswith("estimated peak ") and "activations" in lines["memory"]
     assert any(row.split()[:3] == ["2_sks", "2", "3"] for row in out.splitlines())
     assert out.rstrip().splitlines()[-1].startswith("config OK")
     assert not (tmp_path / "out").exists()
