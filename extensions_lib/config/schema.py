@@ -63,6 +63,10 @@ class DataConfig:
     max_token_length: int = opt(75, "Caption length in tokens: 75, 150 or 225 (75-token chunks as the WebUI).",
                                 choices=(75, 150, 225))
     prior_loss_weight: float = opt(1.0, "Loss weight of regularization images.", min=0.0, max=100.0)
+    validation_split: float = opt(0.0, "Hold out this fraction of the training images (chosen with training.seed, "
+                                       "never trained on) to measure a validation loss. 0 = off.", min=0.0, max=0.5)
+    validation_dir: str = opt("", "Optional folder of validation images in the same <repeats>_<name> layout "
+                                  "(never trained on; repeats are ignored). Empty = none.")
 
 
 @dataclass
@@ -133,6 +137,9 @@ class TrainingConfig:
     lr_scheduler_power: float = opt(1.0, "Power of the polynomial schedule.", min=0.0, max=100.0)
     noise_offset: float = opt(0.0, "Noise offset (0.05–0.1 helps very dark/bright images).", min=0.0, max=1.0)
     min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting gamma (5 is common; 0 = off).", min=0.0, max=100.0)
+    validate_every_n_steps: int = opt(0, "Measure the validation loss (fixed noise and timesteps, no "
+                                         "gradients) every N steps; 0 = at each epoch's end. Only with "
+                                         "data.validation_split or data.validation_dir.", min=0, max=10_000_000)
     resume: str = opt("", "Go on from a training state folder (<name>-state, written with output.save_state): "
                           "same dataset and options; only the length, saves and previews may change. "
                           "Empty = start fresh.")
@@ -151,6 +158,7 @@ class SampleConfig:
     width: int = opt(512, "Preview width.", min=64, max=2048)
     height: int = opt(512, "Preview height.", min=64, max=2048)
     seed: int = opt(1234, "Preview seed (the same every time, so previews compare).", min=0, max=2**32 - 1)
+    sample_at_first: bool = opt(False, "Also make previews before the first step (the untrained starting point).")
 
 
 @dataclass

@@ -65,6 +65,7 @@ def check_relations(cfg: "TrainConfig", problems: list[ConfigProblem]) -> None:
         size = len(value.encode("utf-8", "replace")) if isinstance(value, str) else 0
         if size > limit:
             add(fname, _shorten(value), f"at most {limit // 1024} KiB of text (this is {size:,} bytes)")
+    _check_validation(cfg, add)
     if d.min_bucket_reso > d.max_bucket_reso:
         add("data.min_bucket_reso", d.min_bucket_reso, f"must be <= data.max_bucket_reso ({d.max_bucket_reso})")
     if d.bucket_reso_steps % 8:
@@ -96,6 +97,24 @@ def check_relations(cfg: "TrainConfig", problems: list[ConfigProblem]) -> None:
             check_prompt_line(p)        # its --w/--h/--s/... options, now rather than at the first preview
         except ValueError as e:
             add(f"sample.prompts[{i}]", p, str(e))
+
+
+def _check_validation(cfg: "TrainConfig", add) -> None:
+    """A validation folder is not the training or regularization folder (those images are trained on)."""
+    from pathlib import Path
+
+    d = cfg.data
+    value = d.validation_dir
+    if not isinstance(value, str):
+        add("data.validation_dir", value, "a folder path, or empty")
+        return
+    if not value.strip():
+        return
+    mine = Path(value.strip()).expanduser().resolve()
+    for name, other in (("data.train_dir", d.train_dir), ("data.reg_dir", d.reg_dir)):
+        if isinstance(other, str) and other.strip() and Path(other.strip()).expanduser().resolve() == mine:
+            add("data.validation_dir", value, f"is {name}, whose images are trained on: use a folder of other "
+                                              "images, or data.validation_split to hold some out")
 
 
 def _check_initial_weights(cfg: "TrainConfig", add) -> None:

@@ -40,7 +40,7 @@ _LORA_SS_KEYS = (
     "ss_steps", "ss_learning_rate", "ss_unet_lr", "ss_text_encoder_lr", "ss_optimizer", "ss_lr_scheduler",
     "ss_lr_warmup_steps", "ss_clip_skip", "ss_max_token_length", "ss_mixed_precision", "ss_noise_offset",
     "ss_min_snr_gamma", "ss_seed", "ss_tag_frequency", "ss_dataset_dirs", "ss_training_started_at",
-    "ss_training_finished_at", "ss_training_comment",
+    "ss_training_finished_at", "ss_training_comment", "ss_validation_loss",
 )
 
 
@@ -189,8 +189,11 @@ def lora_metadata(
     prediction_type: str | None = None,
     description: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    validation_loss: float | None = None,
 ) -> dict[str, str]:
     """ss_* + modelspec.* metadata of a kohya-format LoRA / LyCORIS file; every value is a str.
+    validation_loss (ss_validation_loss, our own key; sd-scripts has none): the latest validation loss
+    when the file was saved (data.validation_split / data.validation_dir), left out without one.
     A value that is None (unknown: model hash, VAE, seed, finish time, ...) or an empty string leaves
     its key out. num_epochs is the number of epochs the run trains (fewer than configured when
     max steps end it early), not the configured epoch count.
@@ -237,6 +240,7 @@ def lora_metadata(
         "ss_training_started_at": _s(float(training_started_at)),
         "ss_training_finished_at": None if training_finished_at is None else float(training_finished_at),
         "ss_training_comment": comment,
+        "ss_validation_loss": None if validation_loss is None else _s(float(validation_loss)),
     })
     standard = set(_LORA_SS_KEYS)
     for key, value in (extra or {}).items():

@@ -236,7 +236,7 @@ class LoraMethod(Method):
             dataset_dirs=info.extra.get("dataset_dirs", {}),
             training_started_at=info.started_at, training_finished_at=info.finished_at,
             comment=cfg.output.comment, architecture=b.modelspec_architecture,
-            title=cfg.output_name,
+            title=cfg.output_name, validation_loss=info.extra.get("validation_loss"),
         )
         save_safetensors(tensors, path, with_hashes(tensors, meta), overwrite=overwrite)
         return path

@@ -5,6 +5,8 @@ timesteps with the same noise, so base vs trained compares like with like.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .objective import denoising_loss, target_for
@@ -15,8 +17,11 @@ DEFAULT_TIMESTEPS = (100, 300, 500, 700, 900)
 
 @torch.no_grad()
 def evaluate_loss(bundle, dataset, *, method=None, seed: int = 0, timesteps=DEFAULT_TIMESTEPS,
-                  clip_skip: int = 1, max_token_length: int = 75) -> float:
-    """Average loss over every (image, timestep) of epoch 0's batches (latents must be cached)."""
+                  clip_skip: int = 1, max_token_length: int = 75,
+                  autocast_dtype: Optional[torch.dtype] = None) -> float:
+    """Average loss over every (image, timestep) of epoch 0's batches (latents must be cached).
+    Each batch's noise comes from its own generator seeded by (seed, batch, timestep): the same
+    number every time for the same weights, and no random state of the caller is drawn from."""
     unet, sched = bundle.unet, bundle.noise_scheduler
     device = next(unet.parameters()).device
     if method is not None:
@@ -30,8 +35,9 @@ def evaluate_loss(bundle, dataset, *, method=None, seed: int = 0, timesteps=DEFA
             g = torch.Generator().manual_seed(seed * 100003 + batch_index * 1009 + t)
             noise = torch.randn(latents.shape, generator=g).to(device)
             ts = torch.full((latents.shape[0],), t, dtype=torch.long, device=device)
-            pred = unet(sched.add_noise(latents, noise, ts), ts, ctx).sample
-            total += float(denoising_loss(pred, target_for(sched, latents, noise, ts), scheduler=sched,
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                pred = unet(sched.add_noise(latents, noise, ts), ts, ctx.to(device)).sample
+            total += float(denoising_loss(pred.float(), target_for(sched, latents, noise, ts), scheduler=sched,
                                           timesteps=ts)) * latents.shape[0]
             count += latents.shape[0]
     return total / max(count, 1)

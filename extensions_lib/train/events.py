@@ -30,6 +30,7 @@ class TrainResult:
     losses: list = field(default_factory=list)
     prompt_usage: str = ""
     previews: list = field(default_factory=list)
+    val_losses: list = field(default_factory=list)   # [(step, validation loss)]
 
 
 class Callbacks:
@@ -45,6 +46,7 @@ class Callbacks:
 
     def on_step(self, info: StepInfo) -> None: ...
     def on_sample(self, images: list, step: int) -> None: ...   # [(prompt, PIL.Image)]
+    def on_validation(self, step: int, loss: float) -> None: ...   # validation loss after this step
     def on_saved(self, path: Path, final: bool) -> None: ...
     def on_end(self, result: TrainResult) -> None: ...
 
@@ -64,6 +66,7 @@ class MultiCallbacks(Callbacks):
     def on_warning(self, text): self._each("on_warning", text)
     def on_step(self, info): self._each("on_step", info)
     def on_sample(self, images, step): self._each("on_sample", images, step)
+    def on_validation(self, step, loss): self._each("on_validation", step, loss)
     def on_saved(self, path, final): self._each("on_saved", path, final)
     def on_end(self, result): self._each("on_end", result)
 

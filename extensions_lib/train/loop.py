@@ -26,6 +26,7 @@ from .optimizers import build_optimizer, build_scheduler, warmup_steps
 from .preview import non_finite_message, parse_prompt_line, sample_images
 from .resume import ResumeState, capture_rng, load_into, restore_rng, state_dir, write_state
 from .text import TextConditioner
+from .validation import Validation, fixed_step, untouched_rng, validation_on
 
 
 @dataclass
@@ -147,6 +148,7 @@ class Trainer:
         self.previews: list = []
         self._last_preview_step = -1
         self.planned_epochs = self.total_steps = None    # set by run() from the dataset and the limits
+        self.validation: Optional[Validation] = None      # set by run() when validation is on
 
     # -- pieces -----------------------------------------------------------------------------
     def _conditioner(self) -> TextConditioner:
@@ -182,7 +184,8 @@ class Trainer:
         info = SaveInfo(step=step, epoch=epoch, final=final, started_at=self.started_at,
                         finished_at=time.time() if final else None,
                         extra=dict(self.save_extra, warmup_steps=self.warmup, clip_skip=self.clip_skip,
-                                   num_epochs=self.planned_epochs, total_steps=self.total_steps))
+                                   num_epochs=self.planned_epochs, total_steps=self.total_steps,
+                                   validation_loss=self.validation.last if self.validation else None))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         # a resumed run replaces its own earlier files (the final file written when it was stopped)
         self.method.save(path, info, overwrite=self.cfg.output.overwrite or path.name in self._own_files)
@@ -253,6 +256,27 @@ class Trainer:
         if pairs:
             self.cb.on_sample(pairs, step)
 
+    def _setup_validation(self) -> None:
+        """Hold out the validation images (the training set loses a split's share) and cache their
+        latents, before the run plans its steps from the training set."""
+        if not validation_on(self.cfg):
+            return
+        self.validation = Validation(self.cfg, self.bundle, self.dataset, clip_skip=self.clip_skip,
+                                     autocast_dtype=self.autocast)
+        self.dataset = self.validation.train_dataset
+        self.cb.on_status(f"validation: {self.validation.num_images} held-out image(s), "
+                          f"{self.dataset.num_train_samples} training samples per epoch")
+        if self.dist.is_main:
+            self.validation.cache_latents()
+
+    def _validate(self, step: int) -> None:
+        v = self.validation
+        if v is None or not self.dist.is_main or (v.losses and v.losses[-1][0] == step):
+            return
+        loss = v.measure(self.method, step)
+        self.cb.on_validation(step, loss)
+        self.cb.on_status(f"validation loss at step {step}: {loss:.5g}")
+
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg, t = self.cfg, self.cfg.training
@@ -264,6 +288,7 @@ class Trainer:
             raise ConfigError([ConfigProblem("network.method", cfg.network.method,
                                              "nothing to train: every learning rate of its parts is 0")])
         optimizer = build_optimizer(cfg, groups, self.device)
+        self._setup_validation()
         batches_per_epoch = self.dataset.steps_per_epoch(self.dist.num_processes)
         per_epoch, total_steps, epochs = plan_steps(cfg, batches_per_epoch)
         self.planned_epochs, self.total_steps = epochs, total_steps
@@ -284,6 +309,10 @@ class Trainer:
         method.train_mode(True)
         self.cb.on_start({"total_steps": total_steps, "epochs": epochs, "steps_per_epoch": per_epoch,
                           "trainable_params": sum(p.numel() for p in params)})
+        if cfg.sample.sample_at_first and step == 0:
+            # before the first step, and before a resume restores the generators below
+            with untouched_rng(self.device):
+                self._preview(0)
         stopped, first_step, epoch = False, step, start_epoch
         recent: list[float] = []
         snapshot = None
@@ -380,12 +409,16 @@ class Trainer:
                         self._save(step=step, epoch=epoch, final=False, label={"step": step})
                     elif save_now:
                         self._save_requested(step=step, epoch=epoch)
+                    if self.validation and fixed_step(cfg, step, epoch_end=False):
+                        self._validate(step)    # before the save, so the file records it
                     if (cfg.sample.every_n_steps and step % cfg.sample.every_n_steps == 0) or sample_now:
                         self._preview(step)
                     if step_save:    # after the preview: a resumed run goes on from here
                         self._write_state(self._snapshot(**here), params)
                 if stopped or step >= total_steps:
                     break
+                if self.validation and fixed_step(cfg, step, epoch_end=True):
+                    self._validate(step)
                 epoch_save = bool(cfg.output.save_every_n_epochs and epoch % cfg.output.save_every_n_epochs == 0)
                 if epoch_save:
                     self._save(step=step, epoch=epoch, final=False, label={"epoch": epoch})
@@ -397,6 +430,7 @@ class Trainer:
                                       params)
             self.dist.assert_in_sync(params)
             # the final file also holds what was learned when the user pressed stop
+            self._validate(step)
             self._preview(step)
             final = self._save(step=step, epoch=epoch, final=True, label={})
             # the state as it was when the loop ended (before the final preview drew any randomness)
@@ -407,7 +441,8 @@ class Trainer:
             self._set_checkpointing(checkpointing, restore=True)
         result = TrainResult(output_path=final, steps=step, epochs=epoch, stopped=stopped, saved=list(self.saved),
                              losses=losses, prompt_usage=method.prompt_usage(cfg.output_name),
-                             previews=self.previews)
+                             previews=self.previews,
+                             val_losses=list(self.validation.losses) if self.validation else [])
         self.cb.on_end(result)
         return result
 

@@ -156,7 +156,7 @@ class TabHandlers:
         running = s["state"] in RUNNING
         out = [status_html(s, None if running else describe(self.host)) if changed or running else keep()]
         if new_job or last.get("loss_version") != s["loss_version"]:
-            out.append(loss_plot(s["losses"], s["total_steps"]))
+            out.append(loss_plot(s["losses"], s["total_steps"], val_losses=s.get("val_losses")))
         else:
             out.append(keep())
         if new_job or last.get("preview_version") != s["preview_version"]:

@@ -38,7 +38,7 @@ def _fresh(job_id: str = "", state: str = "idle") -> dict:
         "job_id": job_id, "state": state, "message": "", "error": "",
         "step": 0, "total_steps": 0, "epoch": 0, "total_epochs": 0,
         "loss": None, "avg_loss": None, "lr": None, "it_per_s": None, "eta_s": None,
-        "losses": [], "previews": [], "preview_step": None,
+        "losses": [], "val_losses": [], "previews": [], "preview_step": None,
         "output_path": "", "saved": [], "prompt_usage": "", "method": "", "name": "",
         "started_at": None, "finished_at": None, "log": [], "warnings": [],
         # bumped on every change, so pollers redraw only what changed
@@ -68,6 +68,9 @@ class _JobCallbacks(Callbacks):
 
     def on_sample(self, images: list, step: int) -> None:
         self.job._samples(self.job_id, images, step)
+
+    def on_validation(self, step: int, loss: float) -> None:
+        self.job._validation(self.job_id, step, loss)
 
     def on_saved(self, path: Path, final: bool) -> None:
         self.job._saved(self.job_id, path, final)
@@ -175,6 +178,7 @@ class TrainingJob:
         with self._lock:
             s = dict(self._state)
             s["losses"] = list(s["losses"]) if losses else []
+            s["val_losses"] = [list(p) for p in s["val_losses"]] if losses else []
             s["previews"] = [dict(p) for p in s["previews"]]
             s["saved"] = list(s["saved"])
             s["warnings"] = list(s["warnings"])
@@ -216,6 +220,15 @@ class TrainingJob:
             if s["state"] == "preparing":
                 s["state"] = "training"
             s["losses"].append(_finite(info.loss))
+            s["loss_version"] += 1
+            s["version"] += 1
+
+    def _validation(self, job_id: str, step: int, loss: float) -> None:
+        with self._lock:
+            s = self._state
+            if s["job_id"] != job_id:
+                return
+            s["val_losses"].append([step, _finite(loss)])    # [step, loss]: JSON and the plot's second line
             s["loss_version"] += 1
             s["version"] += 1
 

@@ -27,7 +27,8 @@ LAYOUT: dict[str, dict[str, list[list[str]]]] = {
         "advanced": [["data.min_bucket_reso", "data.max_bucket_reso", "data.bucket_reso_steps"],
                      ["data.bucket_no_upscale", "data.random_crop", "data.flip_aug", "data.cache_latents_to_disk"],
                      ["data.shuffle_caption", "data.keep_tokens", "data.max_token_length"],
-                     ["data.caption_dropout_rate", "data.caption_tag_dropout_rate", "data.prior_loss_weight"]],
+                     ["data.caption_dropout_rate", "data.caption_tag_dropout_rate", "data.prior_loss_weight"],
+                     ["data.validation_split", "data.validation_dir", "training.validate_every_n_steps"]],
     },
     "Network": {
         "rows": [["network.dim", "network.alpha", "network.conv_dim", "network.conv_alpha"],
@@ -58,7 +59,8 @@ LAYOUT: dict[str, dict[str, list[list[str]]]] = {
     "Samples": {
         "rows": [["sample.prompts"], ["sample.negative_prompt"],
                  ["sample.every_n_epochs", "sample.every_n_steps", "sample.seed"],
-                 ["sample.width", "sample.height", "sample.steps", "sample.cfg_scale"]],
+                 ["sample.width", "sample.height", "sample.steps", "sample.cfg_scale"],
+                 ["sample.sample_at_first"]],
         "advanced": [],
     },
     "Output": {

@@ -11,6 +11,7 @@ INK = (128, 128, 128, 255)
 GRID = (128, 128, 128, 60)
 RAW = (249, 115, 22, 90)       # each step's loss, faint
 SMOOTH = (249, 115, 22, 255)   # moving average
+VALIDATION = (59, 130, 246, 255)   # validation loss: blue, apart from the training loss's orange
 
 
 def _font(size: int):
@@ -57,10 +58,21 @@ def _nice_ticks(x_max: int, target: int = 5) -> list[int]:
     return ticks
 
 
+def _finite_points(points: Optional[Sequence]) -> list[tuple[int, float]]:
+    out = []
+    for point in points or ():
+        step, value = point
+        if value is not None and math.isfinite(float(value)):
+            out.append((int(step), float(value)))
+    return out
+
+
 def loss_plot(losses: Sequence[float], total_steps: int = 0, width: int = 480, height: int = 200,
-              scale: int = 2) -> Optional[Image.Image]:
-    """RGBA image of the loss per step (faint) and its moving average; None without data."""
+              scale: int = 2, val_losses: Optional[Sequence] = None) -> Optional[Image.Image]:
+    """RGBA image of the loss per step (faint) and its moving average, and the validation loss
+    ([step, loss] pairs) as a second line; None without data."""
     losses = [float(x) for x in losses if x is not None and math.isfinite(float(x))]
+    val = _finite_points(val_losses)
     if not losses:
         return None
     W, H = width * scale, height * scale
@@ -72,12 +84,12 @@ def loss_plot(losses: Sequence[float], total_steps: int = 0, width: int = 480, h
 
     window = max(1, min(50, len(losses) // 10 or 1))
     smooth = moving_average(losses, window)
-    lo, hi = min(losses), max(losses)
+    lo, hi = min(losses + [v for _, v in val]), max(losses + [v for _, v in val])
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5 * abs(lo or 1), hi + 0.5 * abs(hi or 1)
     pad = (hi - lo) * 0.05
     lo, hi = max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad
-    x_max = max(total_steps, len(losses), 2)
+    x_max = max(total_steps, len(losses), max((s for s, _ in val), default=0), 2)
 
     def xy(step: float, v: float) -> tuple[float, float]:
         return left + (step - 1) / (x_max - 1) * pw, top + (1 - (v - lo) / (hi - lo)) * ph
@@ -107,7 +119,18 @@ def loss_plot(losses: Sequence[float], total_steps: int = 0, width: int = 480, h
     else:
         draw.line(raw_pts, fill=RAW, width=scale, joint="curve")
         draw.line(smooth_pts, fill=SMOOTH, width=2 * scale, joint="curve")
+    if val:
+        pts = [xy(max(s, 1), v) for s, v in val]
+        if len(pts) > 1:
+            draw.line(pts, fill=VALIDATION, width=2 * scale, joint="curve")
+        r = 2.5 * scale
+        for x, y in pts:   # each measurement marked: they are few and far apart
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=VALIDATION)
     legend = f"loss  (avg of {window})  last {_fmt(smooth[-1])}"
     tw = draw.textlength(legend, font=font)
     draw.text((left + pw - tw - 6 * scale, top + 4 * scale), legend, fill=INK, font=font)
+    if val:
+        label = f"validation  last {_fmt(val[-1][1])}"
+        tw = draw.textlength(label, font=font)
+        draw.text((left + pw - tw - 6 * scale, top + 18 * scale), label, fill=VALIDATION, font=font)
     return img
