@@ -275,3 +275,14 @@ def test_standalone_diffusers_folder_brings_its_tokenizer(tmp_path):
     _tokenizer_dir(folder / "tokenizer")
     assert _model_problems(checkpoint=folder) == {}
     assert "no such file" in _model_problems(checkpoint=tmp_path / "missing.safetensors")["model.checkpoint"]
+
+
+def test_a_bad_embedding_token_is_named_as_the_token_not_as_output_name():
+    cfg = TrainConfig()
+    cfg.data.train_dir = "/anywhere"
+    cfg.network.method = "embedding"
+    cfg.embedding.token = "bad/tok"
+    with pytest.raises(ConfigError) as e:
+        cfg.check()
+    assert [p.field for p in e.value.problems] == ["embedding.token"]
+    assert "output.name" not in str(e.value) and "embedding.token 'bad/tok' is not allowed" in str(e.value)

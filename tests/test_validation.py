@@ -213,3 +213,25 @@ def test_sample_at_first_makes_a_preview_before_the_first_step(tmp_path):
         cfg.sample.steps = 2
         run_training(cfg, StandaloneHost(tiny_bundle()), callbacks=Rec())
         assert got == ([0, 2] if first else [2])
+
+
+def test_a_validation_folder_without_images_is_refused_before_the_model(tmp_path):
+    from extensions_lib.data.folders import DatasetError
+    from extensions_lib.hosts.standalone import StandaloneHost
+    from extensions_lib.train.session import run_training
+    from helpers import make_images, quick_config
+
+    class NoModel(StandaloneHost):
+        def check_ready(self, cfg):
+            pass
+
+        def borrow_bundle(self, cfg):
+            raise AssertionError("the model was borrowed")
+
+    make_images(tmp_path / "data" / "1_sks")
+    (tmp_path / "empty" / "1_x").mkdir(parents=True)
+    cfg = quick_config(tmp_path / "data", tmp_path / "out")
+    cfg.data.validation_dir = str(tmp_path / "empty")
+    with pytest.raises(DatasetError, match="validation_dir"):
+        run_training(cfg, NoModel())
+    assert not (tmp_path / "out").exists()

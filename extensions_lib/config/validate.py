@@ -81,7 +81,9 @@ def check_relations(cfg: "TrainConfig", problems: list[ConfigProblem]) -> None:
                                                            "use constant_with_warmup")
     if cfg.unet_lr == 0 and cfg.text_encoder_lr == 0:
         add("training.learning_rate", t.learning_rate, "every learning rate is 0: nothing would train")
-    name_error = validate_output_name(cfg.output_name)
+    # an embedding named after its token: embedding.token's own check names it, not output.name
+    name_from_token = cfg.output_name != cfg.output.name
+    name_error = None if name_from_token else validate_output_name(cfg.output_name)
     if name_error:
         add("output.name", cfg.output_name, name_error)
     _check_initial_weights(cfg, add)
@@ -142,7 +144,7 @@ def _check_embedding(cfg: "TrainConfig", add) -> None:
     from ..export.naming import validate_output_name
 
     e = cfg.embedding
-    err = validate_output_name(e.token) if e.token else "required for embeddings"
+    err = validate_output_name(e.token, "embedding.token") if e.token else "required for embeddings"
     if err:
         add("embedding.token", e.token, err + " (it is the word you type in prompts)")
     elif any(c.isspace() or c in "<>:,()[]" for c in e.token):

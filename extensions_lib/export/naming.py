@@ -42,15 +42,15 @@ def _problem(name: str) -> str | None:
     return None
 
 
-def validate_output_name(name: object) -> str | None:
-    """None when `name` is usable as an output name, else an error message naming the field,
-    the value and what is allowed."""
+def validate_output_name(name: object, field: str = "output.name") -> str | None:
+    """None when `name` is usable as an output name, else an error message naming `field` (the
+    option the name comes from), the value and what is allowed."""
     if not isinstance(name, str):
-        return f"output.name must be text, got {type(name).__name__} {name!r}"
+        return f"{field} must be text, got {type(name).__name__} {name!r}"
     problem = _problem(name)
     if problem is None:
         return None
-    return f"output.name {name!r} is not allowed: {problem}; {_ALLOWED}"
+    return f"{field} {name!r} is not allowed: {problem}; {_ALLOWED}"
 
 
 def output_path(

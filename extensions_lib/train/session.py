@@ -34,6 +34,7 @@ from .loop import Dist, Trainer, autocast_dtype, plan_steps
 from .memory import (MemoryEstimate, OutOfMemoryTrainingError, device_memory, estimate_peak, estimate_run,
                      free_memory, is_out_of_memory)
 from .resume import ResumeState, dataset_files, dataset_hash, read_state, state_dir
+from .validation import validation_scans
 
 
 def build_dataset(cfg: TrainConfig, scan) -> TrainDataset:
@@ -92,7 +93,9 @@ def check_run(cfg: TrainConfig, host: Host, *, check_images: bool = True, num_pr
             raise ConfigError([ConfigProblem("training.resume", cfg.training.resume,
                                              "a run resumes in one process: leave it empty under accelerate")])
         resume = read_state(cfg, data_scan)
-    check_output(cfg, host, method, save_plan(cfg, data_scan, num_processes), resume=resume)
+    # held-out validation images are refused now if there are none, and are not counted as steps
+    trained_scan, _ = validation_scans(cfg, data_scan)
+    check_output(cfg, host, method, save_plan(cfg, trained_scan, num_processes), resume=resume)
     return data_scan, method, resume
 
 
