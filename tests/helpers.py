@@ -1,6 +1,7 @@
 """Shared test helpers: tiny models, small image datasets, quick configs."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +66,10 @@ def assert_refused(cfg: TrainConfig, field: str, value) -> None:
         cfg.check()
     assert field in [p.field for p in e.value.problems]
     assert field in str(e.value)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a server started by a test."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

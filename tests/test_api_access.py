@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ import pytest
 
 from extensions_lib.ui.access import AccessError, is_loopback, parse_credentials, read_credentials_file
 from extensions_lib.ui.standalone import server_logins
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 240.0      # a loaded machine is slow; the waits below are on conditions with this bound
@@ -82,19 +82,13 @@ def _env() -> dict:
 
 def test_ui_on_every_interface_without_a_login_refuses_to_start(tmp_path):
     r = subprocess.run([sys.executable, "-m", "extensions_lib", "ui", "--checkpoint", "tiny", "--host", "0.0.0.0",
-                        "--port", str(_free_port())], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                        "--port", str(free_port())], cwd=tmp_path, env=_env(), capture_output=True, text=True,
                        timeout=DEADLINE)
     assert r.returncode != 0 and "no login is set" in r.stderr and "--insecure" in r.stderr, r.stdout + r.stderr
     assert "Trainer UI on" not in r.stdout
 
 
 # --- the standalone server with --auth ---------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))    # never through a proxy
 
@@ -114,7 +108,7 @@ def _status(url: str, *, auth: tuple | None = None, form: dict | None = None) ->
 
 
 def test_standalone_server_with_auth_guards_the_rest_routes_and_the_page(tmp_path):
-    port = _free_port()
+    port = free_port()
     logins = tmp_path / "logins.txt"
     logins.write_text("you:filepw\n", encoding="utf-8")
     log = open(tmp_path / "server.log", "wb")

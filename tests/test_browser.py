@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_images
+from helpers import free_port, make_images
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -36,12 +35,6 @@ DEADLINE = 240
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed "
                                 "(tools/setup_browser.sh installs it)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 30.0) -> dict:
@@ -59,7 +52,7 @@ def _saved(base: str) -> list[Path]:
 
 @pytest.fixture
 def server(tmp_path):
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "w")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")

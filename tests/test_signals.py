@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from helpers import TOKENIZER_DIR, make_images, quick_config
+from helpers import free_port, make_images, quick_config, TOKENIZER_DIR
 
 from extensions_lib.model.tiny import tiny_ldm_state_dict
 
@@ -106,12 +105,6 @@ def test_cli_stops_saves_and_exits_on_a_signal(tmp_path, signum):
     _assert_loads(tmp_path / "out" / "test_lora.safetensors")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _request(url: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
@@ -121,7 +114,7 @@ def _request(url: str, body: dict | None = None) -> dict:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_ui_server_stops_the_training_saves_and_exits_on_a_signal(tmp_path, signum):
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}/trainer/v1"
     out = _start(["ui", "--checkpoint", "tiny", "--port", str(port), "--output-root", str(tmp_path / "root")])
     try:
