@@ -228,3 +228,15 @@ def test_rest_train_body_resumes(tmp_path):
     body["network"]["dim"] = 8
     r = client.post("/trainer/v1/train", json=body)
     assert 400 <= r.status_code < 500 and "network.dim" in r.text
+
+
+def test_resume_works_where_torch_load_is_the_webuis_refusing_wrapper(tmp_path, monkeypatch):
+    """Inside the WebUI torch.load is modules/safe.py's wrapper, which refuses the '.format_version'
+    entry current torch writes into a .pt zip and returns None: the state must not go through it."""
+    cfg = _config(tmp_path, "parts", "lora", output__save_state=True)
+    first = _train(cfg, stop_at=5)
+    assert first.stopped
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: None)   # what the refusing wrapper returns
+    cfg.training.resume = str(tmp_path / "parts" / f"{cfg.output_name}-state")
+    rest = _train(cfg)
+    assert rest.steps == 16 and not rest.stopped

@@ -104,10 +104,15 @@ class ResumeState:
     def load_tensors(self) -> None:
         from safetensors.torch import load_file
 
-        self.tensors = {
-            "weights": load_file(str(self.folder / "weights.safetensors")),
-            **torch.load(self.folder / "optimizer.pt", map_location="cpu", weights_only=True),
-        }
+        # torch.serialization.load, not torch.load: inside the WebUI torch.load is its safe-unpickle
+        # wrapper (modules/safe.py), which refuses the entries current torch writes into the zip
+        # (".format_version") and returns None. weights_only=True is the safety here.
+        path = self.folder / "optimizer.pt"
+        rest = torch.serialization.load(str(path), map_location="cpu", weights_only=True)
+        if not isinstance(rest, dict):
+            raise _refuse(self.folder, f"{path.name} does not hold a training state; the folder is damaged: "
+                                       "resume from another state or start a new run")
+        self.tensors = {"weights": load_file(str(self.folder / "weights.safetensors")), **rest}
 
 
 def _refuse(path, why: str) -> ConfigError:
