@@ -235,7 +235,8 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
             raise
         # the model's move to the device or the network did not fit: no run to measure yet, the
         # estimate takes SD1.5's shape
-        failed = (estimate_peak(cfg, device=host.device(), host_holds_model=host.name == "a1111"), None, str(e))
+        failed = (estimate_peak(cfg, device=host.device(), host_holds_model=not host.model_from_config), None,
+                  str(e))
     if failed is not None:
         estimate, step, cause = failed
         device = host.device()
@@ -270,8 +271,9 @@ class StepTap:
 
 
 def run_estimate(cfg: TrainConfig, host: Host, bundle, method, dataset) -> MemoryEstimate:
-    """The memory estimate of this run; the WebUI host lends the model it holds: no frozen weights added."""
-    return estimate_run(cfg, bundle, method, device=host.device(), host_holds_model=host.name == "a1111",
+    """The memory estimate of this run; a host that lends a model it already holds (the WebUI: not
+    model_from_config) adds no frozen weights."""
+    return estimate_run(cfg, bundle, method, device=host.device(), host_holds_model=not host.model_from_config,
                         num_images=dataset.num_train_samples + dataset.num_reg_samples)
 
 
