@@ -70,6 +70,18 @@ class ModelBundle:
             m.requires_grad_(False)
             m.eval()
 
+    @property
+    def vae_device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    def encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Cached latents of [-1, 1] pixels: the VAE distribution's mean (deterministic), scaled, as
+        float32 on the CPU."""
+        vae = self.vae
+        p = next(vae.parameters())
+        out = vae.encode(pixels.to(p.device, p.dtype)).latent_dist.mean
+        return out.float().cpu() * self.vae_scale_factor
+
     def to(self, device=None, dtype=None) -> "ModelBundle":
         for m in self.modules().values():
             m.to(device=device, dtype=dtype)

@@ -160,20 +160,12 @@ def cache_latents(dataset: TrainDataset, bundle, cfg: TrainConfig, callbacks: Ca
                   work_dir: Optional[Path] = None, *, disk_ok: bool = True) -> None:
     if not (cfg.data.cache_latents and dataset.can_cache_latents):
         return
-    vae = bundle.vae
-    device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
-
-    def encode(pixels: torch.Tensor) -> torch.Tensor:
-        # the distribution's mean: deterministic, and what a cached latent should be
-        out = vae.encode(pixels.to(device, dtype)).latent_dist.mean
-        return out.float().cpu() * bundle.vae_scale_factor
-
     disk = latent_disk_dir(cfg, work_dir) if cfg.data.cache_latents_to_disk and disk_ok else None
     callbacks.on_status("Caching latents…")
     # the disk cache must never hand latents of another model/VAE to this one
     key = f"{bundle.model_name}|{bundle.model_sha256 or bundle.model_hash}|{bundle.vae_name}"
-    with keep_freed_memory_on(device):  # the VAE's big activations: see cpu_heap.py
-        dataset.cache_latents(encode, batch_size=max(1, cfg.training.train_batch_size), disk_dir=disk,
+    with keep_freed_memory_on(bundle.vae_device):  # the VAE's big activations: see cpu_heap.py
+        dataset.cache_latents(bundle.encode_latents, batch_size=max(1, cfg.training.train_batch_size), disk_dir=disk,
                               cache_key=key)
 
 

@@ -86,15 +86,8 @@ class Validation:
     def cache_latents(self) -> None:
         """Encode the validation images the training did not already cache (the distribution's mean:
         deterministic, like the training's cache)."""
-        vae = self.bundle.vae
-        device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
-
-        def encode(pixels: torch.Tensor) -> torch.Tensor:
-            out = vae.encode(pixels.to(device, dtype)).latent_dist.mean
-            return out.float().cpu() * self.bundle.vae_scale_factor
-
-        with untouched_rng(device), torch.no_grad():
-            self.dataset.cache_latents(encode, batch_size=self.dataset.batch_size)
+        with untouched_rng(self.bundle.vae_device), torch.no_grad():
+            self.dataset.cache_latents(self.bundle.encode_latents, batch_size=self.dataset.batch_size)
 
     def measure(self, method, step: int) -> float:
         """The validation loss now (the method is back in training mode afterwards)."""
