@@ -206,13 +206,13 @@ def test_the_cli_exits_non_zero_with_the_message_and_writes_no_file(tmp_path):
 def _any_process_worker(rank: int, init: str, results) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-    try:
-        d = loop.Dist(num_processes=2, process_index=rank)
-        cpu = torch.device("cpu")
-        results[rank] = (d.any_process(rank == 1, cpu), d.any_process(False, cpu))
-    finally:
-        dist.destroy_process_group()
+    from datetime import timedelta
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=120))
+    d = loop.Dist(num_processes=2, process_index=rank)
+    cpu = torch.device("cpu")
+    results[rank] = (d.any_process(rank == 1, cpu), d.any_process(False, cpu))
+    d.finish()      # the product's own close: a barrier, then the group is destroyed
 
 
 def test_the_stop_decision_is_shared_by_every_process(tmp_path):
