@@ -124,8 +124,11 @@ def _train(cfg: TrainConfig) -> int:
                           commands=commands, dist=dist)
     dist.finish()
     if dist.is_main:
-        state = "stopped early, saved" if result.stopped else "done"
-        print(f"{state}: {result.output_path}  ({result.steps} steps)  use it as {result.prompt_usage}")
+        if result.output_path is None:
+            print("stopped before the first step: nothing was trained, no file was written")
+        else:
+            state = "stopped early, saved" if result.stopped else "done"
+            print(f"{state}: {result.output_path}  ({result.steps} steps)  use it as {result.prompt_usage}")
     return 0
 
 

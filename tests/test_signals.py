@@ -136,3 +136,35 @@ def test_ui_server_stops_the_training_saves_and_exits_on_a_signal(tmp_path, sign
     assert "terminate called" not in out.text and "Traceback" not in out.text, out.text[-4000:]
     assert "waiting up to" in out.text and "training stopped" in out.text, out.text[-4000:]
     _assert_loads(tmp_path / "out" / "test_lora.safetensors")
+
+
+def test_a_stop_while_latents_are_cached_trains_nothing_and_writes_nothing(tmp_path):
+    """Ctrl-C during latent caching: no training step, no file under the final name, no state; the
+    latents already cached on disk stay for the next run."""
+    from extensions_lib.hosts.standalone import StandaloneHost
+    from extensions_lib.train.events import Callbacks, Commands
+    from extensions_lib.train.session import run_training
+
+    from helpers import tiny_bundle
+
+    make_images(tmp_path / "data" / "1_sks", n=6)
+    cfg = quick_config(tmp_path / "data", tmp_path / "out", "lora", training__max_train_steps=4,
+                       data__cache_latents=True, data__cache_latents_to_disk=True, output__save_state=True)
+    commands = Commands()
+
+    class StopAtSecondBatch(Callbacks):
+        steps = []
+
+        def on_status(self, text):
+            if text.startswith("Caching latents… 2/"):
+                commands.request_stop()       # as the CLI's signal handler does
+
+        def on_step(self, info):
+            self.steps.append(info.step)
+
+    result = run_training(cfg, StandaloneHost(tiny_bundle()), callbacks=StopAtSecondBatch(), commands=commands)
+    assert result.stopped and result.output_path is None and result.steps == 0
+    assert StopAtSecondBatch.steps == []
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    cached = list((tmp_path / "data" / ".latent_cache").rglob("*"))
+    assert any(p.is_file() for p in cached), "the latents encoded before the stop are kept"

@@ -279,6 +279,8 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        if self.dist.any_process(self.commands.stop_requested, self.device):
+            return self._stopped_before_training()
         cfg, t = self.cfg, self.cfg.training
         bundle, method = self.bundle, self.method
         scheduler = bundle.noise_scheduler
@@ -443,6 +445,15 @@ class Trainer:
                              losses=losses, prompt_usage=method.prompt_usage(cfg.output_name),
                              previews=self.previews,
                              val_losses=list(self.validation.losses) if self.validation else [])
+        self.cb.on_end(result)
+        return result
+
+    def _stopped_before_training(self) -> TrainResult:
+        """A stop that came before the first step (while the model was lent or latents cached): nothing
+        was learned, so nothing is written: no file under the final name, no state."""
+        step = self.resume.step if self.resume else 0
+        self.cb.on_status("stopped before the first step: nothing was trained, no file was written")
+        result = TrainResult(output_path=None, steps=step, epochs=0, stopped=True)
         self.cb.on_end(result)
         return result
 

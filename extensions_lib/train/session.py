@@ -7,7 +7,7 @@ leaves anything behind.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -156,17 +156,31 @@ def latent_disk_usable(cfg: TrainConfig, work_dir: Optional[Path], callbacks: Ca
     return True
 
 
+class _StoppedWhileCaching(Exception):
+    """The user stopped the run while latents were being cached: the training is skipped."""
+
+
 def cache_latents(dataset: TrainDataset, bundle, cfg: TrainConfig, callbacks: Callbacks,
-                  work_dir: Optional[Path] = None, *, disk_ok: bool = True) -> None:
+                  work_dir: Optional[Path] = None, *, disk_ok: bool = True,
+                  should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Encode every image once. `should_stop` is asked after each batch: a stop raises
+    _StoppedWhileCaching (latents already on disk are kept for the next run)."""
     if not (cfg.data.cache_latents and dataset.can_cache_latents):
         return
     disk = latent_disk_dir(cfg, work_dir) if cfg.data.cache_latents_to_disk and disk_ok else None
     callbacks.on_status("Caching latents…")
+
+    def progress(done: int, total: int) -> None:
+        if should_stop():
+            raise _StoppedWhileCaching()
+        if total and done < total:
+            callbacks.on_status(f"Caching latents… {done}/{total}")
+
     # the disk cache must never hand latents of another model/VAE to this one
     key = f"{bundle.model_name}|{bundle.model_sha256 or bundle.model_hash}|{bundle.vae_name}"
     with keep_freed_memory_on(bundle.vae_device):  # the VAE's big activations: see cpu_heap.py
         dataset.cache_latents(bundle.encode_latents, batch_size=max(1, cfg.training.train_batch_size), disk_dir=disk,
-                              cache_key=key)
+                              cache_key=key, progress=progress)
 
 
 def effective_clip_skip(host: Host, cfg: TrainConfig, bundle) -> int:
@@ -197,7 +211,14 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
             torch.manual_seed(cfg.training.seed)
             method.attach(bundle)
             try:
-                cache_latents(dataset, bundle, cfg, callbacks, host.work_dir(), disk_ok=disk_ok)
+                # one process alone cannot leave early under data parallel: the others would wait for
+                # it; there the stop is shared at the start of the loop instead
+                can_leave = commands is not None and dist.num_processes == 1
+                try:
+                    cache_latents(dataset, bundle, cfg, callbacks, host.work_dir(), disk_ok=disk_ok,
+                                  should_stop=lambda: can_leave and commands.stop_requested)
+                except _StoppedWhileCaching:
+                    pass        # the Trainer sees the stop before its first step and writes nothing
                 extra = {
                     # kohya counts images x repeats here
                     "num_train_images": dataset.num_train_samples,

@@ -262,11 +262,16 @@ class TrainingJob:
             self._fail(job_id, e)
             return
         state = "stopped" if result.stopped else "done"
-        where = f" → {result.output_path}" if result.output_path else ""
+        if result.output_path is None:
+            message = "Stopped before the first step: nothing was trained, no file was written"
+            log = f"{state}: {message}"
+        else:
+            where = f" → {result.output_path}"
+            message = ("Stopped early and saved" if result.stopped else "Done") + where
+            log = f"{state}: {result.steps} steps{where}; use it as {result.prompt_usage}"
         self._update(job_id, state=state, output_path=str(result.output_path or ""),
                      prompt_usage=result.prompt_usage, finished_at=time.time(), eta_s=0.0,
-                     message=("Stopped early and saved" if result.stopped else "Done") + where,
-                     log=f"{state}: {result.steps} steps{where}; use it as {result.prompt_usage}")
+                     message=message, log=log)
 
     def _fail(self, job_id: str, e: BaseException) -> None:
         if _is_user_error(e):
