@@ -1,0 +1,1 @@
+"""Dataset preparation: turn a folder of raw pictures into a training folder (crop, split, flip, tags)."""
