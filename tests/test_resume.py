@@ -240,3 +240,21 @@ def test_resume_works_where_torch_load_is_the_webuis_refusing_wrapper(tmp_path, 
     cfg.training.resume = str(tmp_path / "parts" / f"{cfg.output_name}-state")
     rest = _train(cfg)
     assert rest.steps == 16 and not rest.stopped
+
+
+def test_a_resumed_run_keeps_the_validation_losses_and_trains_like_one_left_alone(tmp_path):
+    """Validation on: the held-out images are the same in both parts, the weights end bitwise equal,
+    and the resumed run's curve holds the points measured before the stop."""
+    make_images(tmp_path / "data" / "2_sks", n=6)
+    options = dict(data__validation_split=0.34, training__validate_every_n_steps=2)
+    whole = _train(_config(tmp_path, "whole", **options))
+    cfg = _config(tmp_path, "parts", output__save_state=True, **options)
+    first = _train(cfg, stop_at=3)
+    assert [s for s, _ in first.val_losses] == [2, 3]        # every 2 steps, and once when stopped
+    cfg.training.resume = str(tmp_path / "parts" / f"{cfg.output_name}-state")
+    second = _train(cfg)
+    assert second.steps == whole.steps and not second.stopped
+    _assert_bitwise_equal(whole.output_path, second.output_path)
+    assert second.val_losses[:2] == first.val_losses
+    # the same weights at the same steps give the same validation loss in either run
+    assert dict(second.val_losses)[4] == dict(whole.val_losses)[4]

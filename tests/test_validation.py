@@ -3,6 +3,7 @@ measured deterministically without touching the training's random state; reporte
 the job status, the loss plot and the saved file; and sample.sample_at_first."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -135,7 +136,13 @@ def test_held_out_images_are_never_trained_on_and_their_loss_is_higher(tmp_path,
     assert rec.val[-1][1] < rec.val[0][1]                       # it learnt what all of them share
     assert seen_loss < unseen, (seen_loss, unseen)              # and what only the seen ones show
     with safe_open(str(result.output_path), "pt") as f:
-        assert float(f.metadata()["ss_validation_loss"]) == pytest.approx(unseen, rel=1e-6)
+        meta = f.metadata()
+    assert float(meta["ss_validation_loss"]) == pytest.approx(unseen, rel=1e-6)
+    # the file describes what it was trained on: 6 images x 4 repeats, their captions only
+    assert meta["ss_num_train_images"] == "24"
+    counted = json.loads(meta["ss_tag_frequency"])["4_sks"]
+    assert sum(counted.values()) == 6 and {f"picture {i}" for i in range(8)} - set(counted) \
+        == {f"picture {p.stem[3:]}" for p in held}
 
 
 def _rng_heavy(tmp_path: Path, out: str, **overrides):

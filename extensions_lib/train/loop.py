@@ -26,7 +26,7 @@ from .optimizers import build_optimizer, build_scheduler, warmup_steps
 from .preview import non_finite_message, parse_prompt_line, sample_images
 from .resume import ResumeState, capture_rng, load_into, restore_rng, state_dir, write_state
 from .text import TextConditioner
-from .validation import Validation, fixed_step, untouched_rng, validation_on
+from .validation import Validation, fixed_step, untouched_rng
 
 
 @dataclass
@@ -129,7 +129,7 @@ class Trainer:
                  callbacks: Optional[Callbacks] = None, commands: Optional[Commands] = None,
                  dist: Optional[Dist] = None, clip_skip: int = 1, save_extra: Optional[dict] = None,
                  path_for: Optional[Callable] = None, resume: Optional[ResumeState] = None,
-                 state_facts: Optional[dict] = None):
+                 state_facts: Optional[dict] = None, validation_scan=None):
         self.cfg, self.bundle, self.method, self.dataset = cfg, bundle, method, dataset
         self.output_dir = Path(output_dir)
         self.cb = callbacks or Callbacks()
@@ -148,7 +148,9 @@ class Trainer:
         self.previews: list = []
         self._last_preview_step = -1
         self.planned_epochs = self.total_steps = None    # set by run() from the dataset and the limits
-        self.validation: Optional[Validation] = None      # set by run() when validation is on
+        # the held-out images (a DatasetScan, from validation_scans); their Validation is set up by run()
+        self.validation_scan = validation_scan
+        self.validation: Optional[Validation] = None
 
     # -- pieces -----------------------------------------------------------------------------
     def _conditioner(self) -> TextConditioner:
@@ -224,6 +226,8 @@ class Trainer:
         if not all_finite(params):
             return    # _save refuses these weights with the reason; never keep them as a state
         info = dict(snapshot["info"], written=sorted(self._own_files))
+        if self.validation:    # a stopped run measures once more after its snapshot: that point is kept too
+            info["val_losses"] = [[s, v] for s, v in self.validation.losses if s <= info["step"]][-1000:]
         folder = state_dir(self.output_dir, self.cfg.output_name)
         self.cb.on_status(f"Saving the training state to {folder}…")
         write_state(folder, params=params, tensors=snapshot["tensors"], info=info,
@@ -257,13 +261,14 @@ class Trainer:
             self.cb.on_sample(pairs, step)
 
     def _setup_validation(self) -> None:
-        """Hold out the validation images (the training set loses a split's share) and cache their
-        latents, before the run plans its steps from the training set."""
-        if not validation_on(self.cfg):
+        """The validation images as a dataset, their latents cached, and (resumed) the losses measured
+        before; the training dataset has left them out already."""
+        if self.validation_scan is None:
             return
-        self.validation = Validation(self.cfg, self.bundle, self.dataset, clip_skip=self.clip_skip,
-                                     autocast_dtype=self.autocast)
-        self.dataset = self.validation.train_dataset
+        self.validation = Validation(self.cfg, self.bundle, self.dataset, self.validation_scan,
+                                     clip_skip=self.clip_skip, autocast_dtype=self.autocast)
+        if self.resume:
+            self.validation.losses = [(int(s), float(v)) for s, v in self.resume.info.get("val_losses", [])]
         self.cb.on_status(f"validation: {self.validation.num_images} held-out image(s), "
                           f"{self.dataset.num_train_samples} training samples per epoch")
         if self.dist.is_main:

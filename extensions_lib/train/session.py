@@ -6,6 +6,7 @@ leaves anything behind.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -13,7 +14,7 @@ import torch
 
 from ..config import ConfigError, ConfigProblem, TrainConfig
 from ..data.dataset import TrainDataset
-from ..data.folders import scan_dataset
+from ..data.folders import DatasetScan, scan_dataset
 from ..data.images import ImageLoadError, load_rgb
 from ..export.atomic import OutputExistsError
 from ..export.preflight import (
@@ -74,12 +75,22 @@ def check_before_model(cfg: TrainConfig, host: Host, *, check_images: bool = Tru
     """Every refusal that needs no model (config, host state, precision, dataset, a training state to
     resume from, output folder, existing files, disk space), in this order. Returns (dataset scan,
     method)."""
-    data_scan, method, _ = check_run(cfg, host, check_images=check_images, num_processes=num_processes)
-    return data_scan, method
+    checked = check_run(cfg, host, check_images=check_images, num_processes=num_processes)
+    return checked.data_scan, checked.method
 
 
-def check_run(cfg: TrainConfig, host: Host, *, check_images: bool = True, num_processes: int = 1):
-    """check_before_model, also returning the checked training state to resume from (or None)."""
+@dataclass
+class CheckedRun:
+    data_scan: DatasetScan            # everything found in the dataset folders
+    method: object
+    resume: Optional[ResumeState]     # the checked training state to go on from, or None
+    trained_scan: DatasetScan         # data_scan without the held-out validation images
+    validation_scan: Optional[DatasetScan]
+
+
+def check_run(cfg: TrainConfig, host: Host, *, check_images: bool = True, num_processes: int = 1) -> CheckedRun:
+    """check_before_model, also returning the training state to resume from and the validation split
+    (made once here: the run trains on exactly the images this check counted)."""
     problems = cfg.validate()
     if problems:
         raise ConfigError(problems)
@@ -94,9 +105,9 @@ def check_run(cfg: TrainConfig, host: Host, *, check_images: bool = True, num_pr
                                              "a run resumes in one process: leave it empty under accelerate")])
         resume = read_state(cfg, data_scan)
     # held-out validation images are refused now if there are none, and are not counted as steps
-    trained_scan, _ = validation_scans(cfg, data_scan)
+    trained_scan, validation_scan = validation_scans(cfg, data_scan)
     check_output(cfg, host, method, save_plan(cfg, trained_scan, num_processes), resume=resume)
-    return data_scan, method, resume
+    return CheckedRun(data_scan, method, resume, trained_scan, validation_scan)
 
 
 def save_plan(cfg: TrainConfig, data_scan, num_processes: int = 1) -> SavePlan:
@@ -173,7 +184,7 @@ def cache_latents(dataset: TrainDataset, bundle, cfg: TrainConfig, callbacks: Ca
     def progress(done: int, total: int) -> None:
         if should_stop():
             raise _StoppedWhileCaching()
-        if total and done < total:
+        if 0 < done < total:
             callbacks.on_status(f"Caching latents… {done}/{total}")
 
     # the disk cache must never hand latents of another model/VAE to this one
@@ -193,7 +204,8 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
                  commands: Optional[Commands] = None, dist: Optional[Dist] = None) -> TrainResult:
     callbacks = callbacks or Callbacks()
     dist = dist or Dist()
-    data_scan, method, resume = check_run(cfg, host, num_processes=dist.num_processes)
+    checked = check_run(cfg, host, num_processes=dist.num_processes)
+    data_scan, method, resume = checked.data_scan, checked.method, checked.resume
     if dist.is_main:
         report_dataset(data_scan, callbacks)
         for note in getattr(method, "notes", ()):   # e.g. the rank taken from network.initial_weights
@@ -206,7 +218,7 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
     try:
         with host.exclusive(), host.borrow_bundle(cfg) as bundle:
             callbacks.on_status("Preparing dataset…")
-            dataset = build_dataset(cfg, data_scan)
+            dataset = build_dataset(cfg, checked.trained_scan)
             # same seed in every process: data-parallel copies must start from identical weights
             torch.manual_seed(cfg.training.seed)
             method.attach(bundle)
@@ -228,7 +240,8 @@ def run_training(cfg: TrainConfig, host: Host, *, callbacks: Optional[Callbacks]
                 }
                 trainer = Trainer(cfg, bundle, method, dataset, output_dir=out_dir, callbacks=tap,
                                   commands=commands, dist=dist, clip_skip=effective_clip_skip(host, cfg, bundle),
-                                  save_extra=extra, resume=resume, state_facts=state_facts(cfg, data_scan))
+                                  save_extra=extra, resume=resume, state_facts=state_facts(cfg, data_scan),
+                                  validation_scan=checked.validation_scan)
                 result = trainer.run()
             except Exception as e:
                 if not is_out_of_memory(e):

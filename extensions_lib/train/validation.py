@@ -22,10 +22,6 @@ from ..data.split import dataset_like, once_each, split_scan
 from .evaluate import evaluate_loss
 
 
-def validation_on(cfg: TrainConfig) -> bool:
-    return cfg.data.validation_split > 0 or bool(cfg.data.validation_dir.strip())
-
-
 def validation_scans(cfg: TrainConfig, train_scan: DatasetScan) -> tuple[DatasetScan, Optional[DatasetScan]]:
     """(the images to train on, the validation images or None). Raises DatasetError naming the
     option when the split or the validation folder gives no image."""
@@ -64,12 +60,11 @@ def untouched_rng(device: torch.device) -> Iterator[None]:
 class Validation:
     """The held-out images as a dataset with cached latents, and the losses measured on them."""
 
-    def __init__(self, cfg: TrainConfig, bundle, dataset: TrainDataset, *, clip_skip: int = 1,
+    def __init__(self, cfg: TrainConfig, bundle, dataset: TrainDataset, held: DatasetScan, *, clip_skip: int = 1,
                  autocast_dtype: Optional[torch.dtype] = None):
-        train_scan, held = validation_scans(cfg, dataset.scan)
+        """`dataset`: what the run trains on (its settings are copied); `held`: the validation images
+        (validation_scans' second half, chosen once per run by the session)."""
         self.cfg, self.bundle, self.clip_skip, self.autocast = cfg, bundle, clip_skip, autocast_dtype
-        # the same images as before when only validation_dir is set: nothing to rebuild
-        self.train_dataset = dataset if train_scan is dataset.scan else dataset_like(dataset, train_scan)
         # no augmentation: the same images, crops and captions every time
         self.dataset = dataset_like(dataset, held, random_crop=False, flip_aug=False, shuffle_caption=False,
                                     caption_dropout_rate=0.0, caption_tag_dropout_rate=0.0)
