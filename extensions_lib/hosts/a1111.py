@@ -264,6 +264,37 @@ class A1111Host(Host):
                     device=str(self.device()), dtype=str(dtype).replace("torch.", "") if dtype else None,
                     fp8=bool(webui_model.fp8_modules(sd_model)), ready=problem is None, problem=problem)
 
+    # -- preparing a dataset: the WebUI's captioners, focal crop and txt2img (a1111_prepare) ---------
+    def captioners(self) -> dict:
+        from . import a1111_prepare
+
+        return a1111_prepare.captioners()
+
+    @contextmanager
+    def captioner(self, name: str):
+        from . import a1111_prepare
+
+        with a1111_prepare.captioner(name) as caption:
+            yield caption
+
+    def focal_crop(self):
+        from . import a1111_prepare
+
+        return a1111_prepare.focal_crop()
+
+    @contextmanager
+    def prepare_job(self, label: str, total: int):
+        """The WebUI's GPU queue and a job in its progress bar; refused while a training runs."""
+        from . import a1111_prepare
+
+        with a1111_prepare.prepare_job(label, total, _TRAINING, BUSY) as progress:
+            yield progress
+
+    def generate_images(self, requests, progress):
+        from . import a1111_prepare
+
+        return a1111_prepare.generate_images(requests, progress)
+
 
 def _cmd_opts():
     from modules import shared

@@ -9,7 +9,7 @@ import torch
 
 from ..config import TrainConfig
 from ..model.bundle import ModelBundle
-from .base import Host, HostError
+from .base import CAPTIONERS, Host, HostError
 
 FOLDERS = {"lora": "Lora", "embedding": "embeddings", "hypernetwork": "hypernetworks"}
 
@@ -79,6 +79,19 @@ class StandaloneHost(Host):
             return Path(cfg.output.output_dir)
         return self.output_root / FOLDERS[kind]
 
+    # -- preparing a dataset: the captioners, the focal crop and txt2img are the WebUI's own ------
+    def captioners(self) -> dict[str, str]:
+        return {name: STANDALONE_CAPTION_REFUSAL.format(name=CAPTIONER_TITLES.get(name, name)) for name in CAPTIONERS}
+
+    def generate_images(self, requests, progress):
+        raise HostError(STANDALONE_CLASS_IMAGES_REFUSAL)
+
+
+CAPTIONER_TITLES = {"blip": "BLIP captions", "deepbooru": "DeepBooru tags", "wd14": "WD14 tags"}
+STANDALONE_CAPTION_REFUSAL = ("{name} need the AUTOMATIC1111 WebUI: run Prepare from the Trainer tab, or caption "
+                              "with another tool and put a .txt file of the same name next to each image")
+STANDALONE_CLASS_IMAGES_REFUSAL = ("class images need the WebUI's txt2img: run Prepare from the Trainer tab, or "
+                                   "generate them elsewhere and point the class folder at them")
 
 TRAIN_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -23,8 +23,10 @@ def reset(data_dir: Optional[str] = None, argv: Optional[list] = None, extension
     argv: command-line options (e.g. ["--trainer-disable-api"]); extensions: folders whose preload.py
     runs (default: this repository). Returns shared.cmd_opts.
     """
-    from modules import (call_queue, devices, errors, launch_utils, paths_internal, processing, progress,
-                         script_callbacks, sd_hijack, sd_models, sd_vae, shared, shared_cmd_options, shared_items)
+    from modules import (call_queue, deepbooru, devices, errors, interrogate, launch_utils, paths_internal, processing,
+                         progress, script_callbacks, sd_hijack, sd_models, sd_vae, shared, shared_cmd_options,
+                         shared_items)
+    from modules.textual_inversion import autocrop
     import networks
 
     if data_dir is not None:
@@ -48,6 +50,9 @@ def reset(data_dir: Optional[str] = None, argv: Optional[list] = None, extension
     sd_hijack.reset()
     networks.reset()
     launch_utils.reset()
+    interrogate.reset()
+    deepbooru.reset()
+    autocrop.reset()
     errors.reported.clear()
     devices.torch_gc_calls = 0
     devices.fp8 = False

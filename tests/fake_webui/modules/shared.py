@@ -1,5 +1,5 @@
 """Fake of modules/shared.py (1.10.1) after shared_init.initialize(): cmd_opts, opts, state,
-sd_model (property, see shared_items), hypernetworks, loaded_hypernetworks, reload_hypernetworks,
+interrogator, sd_model (property, see shared_items), hypernetworks, loaded_hypernetworks, reload_hypernetworks,
 OptionInfo / OptionHTML / options_section, walk_files.
 """
 import copy
@@ -58,10 +58,10 @@ def walk_files(path, allowed_extensions=None):
 
 
 def _initialize():
-    """What modules/shared_init.initialize() does for these three; again (fake-only) it resets the
-    same opts and state objects in place, so references taken with `from modules.shared import opts`
-    stay valid."""
-    global options_templates, opts, state
+    """What modules/shared_init.initialize() does for opts, state and interrogator; again (fake-only)
+    it resets the same opts and state objects in place, so references taken with
+    `from modules.shared import opts` stay valid (the interrogator is a new one)."""
+    global options_templates, opts, state, interrogator
     from modules import shared_options, shared_state
     options_templates = {k: copy.copy(v) for k, v in shared_options.options_templates.items()}
     if opts is None:
@@ -74,6 +74,9 @@ def _initialize():
     else:
         state.__dict__.clear()
         state.__init__()
+    # shared_init.initialize() makes the interrogator behind the Interrogate buttons and the Caption script
+    from modules import interrogate
+    interrogator = interrogate.InterrogateModels("interrogate")
 
 
 _initialize()

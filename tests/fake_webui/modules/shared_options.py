@@ -41,6 +41,19 @@ options_templates.update(options_section(('textual_inversion', "Textual Inversio
     "textual_inversion_print_at_load": OptionInfo(False, "Print a list of Textual Inversion embeddings when loading model"),
 }))
 
+options_templates.update(options_section(('interrogate', "Interrogate"), {
+    "interrogate_keep_models_in_memory": OptionInfo(False, "Keep models in VRAM"),
+    "interrogate_return_ranks": OptionInfo(False, "Include ranks of model tags matches in results."),
+    "interrogate_clip_num_beams": OptionInfo(1, "BLIP: num_beams"),
+    "interrogate_clip_min_length": OptionInfo(24, "BLIP: minimum description length"),
+    "interrogate_clip_max_length": OptionInfo(48, "BLIP: maximum description length"),
+    "interrogate_deepbooru_score_threshold": OptionInfo(0.5, "deepbooru: score threshold"),
+    "deepbooru_sort_alpha": OptionInfo(True, "deepbooru: sort tags alphabetically"),
+    "deepbooru_use_spaces": OptionInfo(True, "deepbooru: use spaces in tags"),
+    "deepbooru_escape": OptionInfo(True, "deepbooru: escape (\\) brackets"),
+    "deepbooru_filter_tags": OptionInfo("", "deepbooru: filter out those tags"),
+}))
+
 options_templates.update(options_section(('ui', "User interface", "ui"), {
     "ui_tab_order": OptionInfo([], "UI tab order").needs_reload_ui(),
     "hidden_tabs": OptionInfo([], "Hidden UI tabs").needs_reload_ui(),
