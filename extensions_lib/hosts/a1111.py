@@ -290,6 +290,9 @@ class A1111Host(Host):
         with a1111_prepare.prepare_job(label, total, _TRAINING, BUSY) as progress:
             yield progress
 
+    def image_generation_refusal(self) -> str:
+        return webui_model.FORGE if webui_model.running_on_forge() else ""
+
     def generate_images(self, requests, progress):
         from . import a1111_prepare
 

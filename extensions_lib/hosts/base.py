@@ -92,6 +92,10 @@ class Host:
         """Run one prepare step of `total` units as a job of the host (its lock, progress and stop)."""
         yield PrepareProgress(label, total)
 
+    def image_generation_refusal(self) -> str:
+        """'' where generate_images works here, else why not (checked before a preparation starts)."""
+        return f"class images: {PREPARE_UNSUPPORTED}"
+
     def generate_images(self, requests: list["ImageRequest"], progress: "PrepareProgress") -> Iterator["Image.Image"]:
         """One txt2img image per request with the host's loaded model; advances `progress` once per
         image itself and stops between images when progress.stopped(). Call inside prepare_job."""

@@ -83,6 +83,9 @@ class StandaloneHost(Host):
     def captioners(self) -> dict[str, str]:
         return {name: STANDALONE_CAPTION_REFUSAL.format(name=CAPTIONER_TITLES.get(name, name)) for name in CAPTIONERS}
 
+    def image_generation_refusal(self) -> str:
+        return STANDALONE_CLASS_IMAGES_REFUSAL
+
     def generate_images(self, requests, progress):
         raise HostError(STANDALONE_CLASS_IMAGES_REFUSAL)
 

@@ -1,0 +1,253 @@
+"""The Prepare step, start to end: raw pictures in, a training folder (and class images) out.
+
+    <dataset_dir>/<repeats>_<token> <class>/   the prepared images, each with its caption .txt
+    <reg_dir>/1_<class>/                       class (regularisation) images made with the host's txt2img
+
+One request (PrepareRequest, the same fields in the tab, REST and the CLI) is checked as a whole before
+any file is written; then images, captions, the trigger word and class images run in that order. A
+stop (the tab's Stop, the WebUI's Interrupt) keeps everything finished so far. Captions and class
+images come from the host (the WebUI's BLIP, DeepBooru and txt2img); the standalone host refuses them
+by name before anything is done.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Optional
+
+from PIL import Image
+
+from ..data.images import is_image_file
+from ..hosts.base import CAPTIONERS, Host, ImageRequest
+from . import tags as tag_edit
+from .images import (ImageOptions, PreparedImages, PrepareError, prepare_images, subset_folder_name,
+                     write_atomic)
+
+EXISTING = tag_edit.EXISTING_CAPTION_MODES
+CLASS_FOLDER_REPEATS = 1
+
+
+@dataclass
+class PrepareRequest:
+    source_dir: str = ""           # the raw pictures (never modified)
+    dataset_dir: str = ""          # the training folder the new <repeats>_<token> <class>/ goes into
+    token: str = ""                # the trigger word
+    class_word: str = ""           # e.g. "dog", "woman", "style"; also the class images' prompt by default
+    repeats: int = 10
+    width: int = 512
+    height: int = 512
+    mode: str = "center"           # center | focal | auto_size | keep (see ImageOptions)
+    split_oversized: bool = False
+    flip: bool = False
+    captioner: str = ""            # "" (none) | blip | deepbooru | wd14
+    existing_captions: str = "keep"   # what a caption beside a raw picture does: ignore | keep | prepend | append
+    trigger_word_first: bool = True   # put the token first in every caption file
+    class_images: int = 0          # 0: none; -1: as many as prepared training images
+    class_prompt: str = ""         # default: the class word
+    class_negative_prompt: str = ""
+    reg_dir: str = ""              # default: <dataset_dir>/../reg
+    class_steps: int = 20
+    class_cfg_scale: float = 7.0
+    seed: int = 1234
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PrepareRequest":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise PrepareError(f"unknown prepare option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def image_options(self) -> ImageOptions:
+        return ImageOptions(width=self.width, height=self.height, mode=self.mode,
+                            split_oversized=self.split_oversized, flip=self.flip,
+                            max_area=max(self.width * self.height, 64 * 64),
+                            min_area=min(256 * 256, self.width * self.height))
+
+    @property
+    def subset_dir(self) -> Path:
+        return Path(self.dataset_dir.strip()) / subset_folder_name(self.repeats, self.token.strip(),
+                                                                   self.class_word.strip())
+
+    @property
+    def class_dir(self) -> Path:
+        root = Path(self.reg_dir.strip()) if self.reg_dir.strip() else Path(self.dataset_dir.strip()).parent / "reg"
+        return root / f"{CLASS_FOLDER_REPEATS}_{self.class_word.strip()}"
+
+
+@dataclass
+class PrepareReport:
+    folder: Optional[Path] = None             # the prepared training images
+    images: int = 0
+    skipped: list = field(default_factory=list)   # [(path, reason)]
+    captioned: int = 0
+    class_dir: Optional[Path] = None
+    class_images_made: int = 0
+    class_images_reused: int = 0
+    stopped: bool = False
+    preview: Optional[Image.Image] = None
+    notes: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"{self.images} training image(s) written to {self.folder}"]
+        if self.captioned:
+            lines.append(f"{self.captioned} caption(s) written")
+        if self.class_dir is not None:
+            lines.append(f"class images in {self.class_dir}: {self.class_images_made} made, "
+                         f"{self.class_images_reused} already there")
+        lines += self.notes
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} file(s) skipped:")
+            lines += [f"  {path}: {reason}" for path, reason in self.skipped]
+        if self.stopped:
+            lines.append("stopped: what was finished is kept")
+        return "\n".join(lines)
+
+
+def check_request(req: PrepareRequest, host: Host) -> None:
+    """Every refusal that needs no image work, each naming its field and the fix."""
+    if not req.source_dir.strip():
+        raise PrepareError("prepare.source_dir is empty: give the folder of raw pictures")
+    src = Path(req.source_dir.strip())
+    if not src.is_dir():
+        raise PrepareError(f"prepare.source_dir = {str(src)!r}: no such folder")
+    if not req.dataset_dir.strip():
+        raise PrepareError("prepare.dataset_dir is empty: give the training folder the prepared images go into "
+                           "(it is what Dataset folder names when you train)")
+    req.image_options().validate()
+    if req.subset_dir.exists() and any(req.subset_dir.iterdir()):
+        raise PrepareError(f"prepare: {req.subset_dir} already holds files and is never overwritten: pick another "
+                           "token, class or repeats, or move that folder away")
+    if req.captioner and req.captioner not in CAPTIONERS:
+        raise PrepareError(f"prepare.captioner = {req.captioner!r}: pick one of {', '.join(CAPTIONERS)}, or none")
+    if req.existing_captions not in EXISTING:
+        raise PrepareError(f"prepare.existing_captions = {req.existing_captions!r}: pick one of {', '.join(EXISTING)}")
+    if req.captioner:
+        reason = host.captioners().get(req.captioner, "")
+        if reason:
+            raise PrepareError(f"prepare.captioner = {req.captioner}: {reason}")
+    if req.mode == "focal" and host.focal_crop() is None:
+        raise PrepareError("prepare.mode = focal needs the WebUI's auto focal-point crop, which this host lacks: "
+                           "use center or auto_size")
+    if not isinstance(req.class_images, int) or req.class_images < -1 or req.class_images > 10000:
+        raise PrepareError(f"prepare.class_images = {req.class_images!r}: 0 for none, -1 for as many as the "
+                           "training images, or a count up to 10000")
+    if req.class_images:
+        if not req.class_word.strip() and not req.class_prompt.strip():
+            raise PrepareError("prepare.class_images needs prepare.class_word (e.g. dog): it names the class "
+                               "folder and is the images' prompt")
+        if not req.class_word.strip():
+            raise PrepareError("prepare.class_word is empty: it names the class folder (1_<class>/)")
+        if not 1 <= req.class_steps <= 150:
+            raise PrepareError(f"prepare.class_steps = {req.class_steps}: pick 1 to 150")
+        refusal = host.image_generation_refusal()
+        if refusal:
+            raise PrepareError(f"prepare.class_images = {req.class_images}: {refusal}")
+
+
+def run_prepare(req: PrepareRequest, host: Host, *, on_status: Callable[[str], None] = lambda text: None,
+                should_stop: Callable[[], bool] = lambda: False) -> PrepareReport:
+    check_request(req, host)
+    report = PrepareReport(folder=req.subset_dir)
+    result = _images(req, host, on_status, should_stop)
+    report.images, report.skipped, report.stopped = len(result.outputs), list(result.skipped), result.stopped
+    report.preview = result.preview_grid() if result.outputs else None
+    if report.stopped:
+        return report
+    if req.captioner:
+        report.captioned, report.stopped = _caption(req, host, result, on_status, should_stop)
+    if req.trigger_word_first and not report.stopped:
+        edited = tag_edit.add_prefix(req.subset_dir, req.token.strip())
+        if edited.changed:
+            report.notes.append(f"trigger word {req.token.strip()!r} put first in {len(edited.changed)} caption(s)")
+    if req.class_images and not report.stopped:
+        _class_images(req, host, report, on_status, should_stop)
+    return report
+
+
+def _images(req: PrepareRequest, host: Host, on_status, should_stop) -> PreparedImages:
+    focal = host.focal_crop() if req.mode == "focal" else None
+    on_status(f"Preparing images into {req.subset_dir}…")
+    return prepare_images(Path(req.source_dir.strip()), req.subset_dir, req.image_options(), focal_crop=focal,
+                          should_stop=should_stop, copy_captions=req.existing_captions != "ignore",
+                          on_progress=lambda done, total, name: on_status(f"Preparing images… {done}/{total}"))
+
+
+def _caption(req: PrepareRequest, host: Host, result: PreparedImages, on_status, should_stop) -> tuple[int, bool]:
+    """Caption each prepared image (a flipped copy takes its original's caption); returns (written, stopped)."""
+    made: dict[Path, str] = {}
+    flips = [o for o in result.outputs if o.kind == "flip"]
+    todo = [o for o in result.outputs if o.kind != "flip"]
+    written = 0
+    with host.prepare_job(f"Captioning with {req.captioner}", len(todo)) as job, \
+            host.captioner(req.captioner) as caption:
+        for out in todo:
+            if job.stopped() or should_stop():
+                return written, True
+            on_status(f"Captioning {out.path.name} ({written + 1}/{len(todo)})…")
+            with Image.open(out.path) as img:
+                text = caption(img.convert("RGB"))
+            made[out.path] = _write_caption(out.path, text, req.existing_captions)
+            written += 1
+            job.advance(out.path.name)
+    for out in flips:
+        twin = next((o.path for o in result.outputs if o.source == out.source and o.kind != "flip"
+                     and out.path.stem == f"{o.path.stem}-flipped"), None)
+        if twin in made:
+            _write_text(out.path.with_suffix(".txt"), made[twin])
+            written += 1
+    return written, False
+
+
+def _write_caption(image: Path, new: str, mode: str) -> str:
+    sidecar = image.with_suffix(".txt")
+    existing = sidecar.read_text(encoding="utf-8-sig").strip() if sidecar.is_file() else None
+    text = tag_edit.combine_caption(existing or None, new.strip(), mode)
+    _write_text(sidecar, text)
+    return text
+
+
+def _write_text(path: Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+
+
+def _class_images(req: PrepareRequest, host: Host, report: PrepareReport, on_status, should_stop) -> None:
+    folder = req.class_dir
+    report.class_dir = folder
+    wanted = report.images if req.class_images == -1 else req.class_images
+    folder.mkdir(parents=True, exist_ok=True)
+    have = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    report.class_images_reused = min(len(have), wanted)
+    missing = wanted - len(have)
+    if missing <= 0:
+        return
+    prompt = req.class_prompt.strip() or req.class_word.strip()
+    rng = random.Random(req.seed)
+    requests = [ImageRequest(prompt=prompt, negative_prompt=req.class_negative_prompt, width=req.width,
+                             height=req.height, steps=req.class_steps, cfg_scale=req.class_cfg_scale,
+                             seed=rng.randrange(2 ** 31)) for _ in range(missing)]
+    names = _free_names(folder, "class", missing)
+    with host.prepare_job(f"Class images for {req.class_word.strip()}", missing) as job:
+        for name, image in zip(names, host.generate_images(requests, job)):
+            write_atomic(folder / f"{name}.png", lambda tmp: image.save(tmp, format="PNG"))
+            _write_text(folder / f"{name}.txt", prompt)
+            report.class_images_made += 1
+            on_status(f"Class images… {report.class_images_made}/{missing}")
+            if should_stop():
+                job.request_stop()
+        report.stopped = report.class_images_made < missing
+
+
+def _free_names(folder: Path, prefix: str, count: int) -> list[str]:
+    taken = {p.stem.lower() for p in folder.iterdir()}
+    names, i = [], 1
+    while len(names) < count:
+        name = f"{prefix}_{i:05d}"
+        if name not in taken:
+            names.append(name)
+        i += 1
+    return names

@@ -1,0 +1,224 @@
+"""The Prepare step end to end (prepare/run.py and the tab's handlers) on the fake WebUI: raw pictures
+become a training folder that trains with the loop, captions combine as chosen, class images land with
+captions under the GPU queue lock, and what a user can get wrong is refused naming the field."""
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE = str(REPO / "tests" / "fake_webui")
+if FAKE not in sys.path:
+    sys.path.insert(0, FAKE)
+
+import fake_webui_control as fw  # noqa: E402
+from modules import shared  # noqa: E402,I001  (first: the fake shared module builds the interrogator)
+from modules import interrogate, processing, sd_models  # noqa: E402
+
+from extensions_lib.data.folders import scan_dataset  # noqa: E402
+from extensions_lib.hosts.a1111 import A1111Host  # noqa: E402
+from extensions_lib.hosts.standalone import StandaloneHost  # noqa: E402
+from extensions_lib.prepare.images import PrepareError  # noqa: E402
+from extensions_lib.prepare.run import PrepareRequest, run_prepare  # noqa: E402
+from extensions_lib.train.session import run_training  # noqa: E402
+from extensions_lib.ui.prepare_tab import FORM_KEYS, PrepareHandlers  # noqa: E402
+
+from helpers import quick_config, tiny_bundle  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def webui(tmp_path):
+    fw.reset(tmp_path / "webui")
+    yield
+    fw.reset(tmp_path / "webui")
+
+
+@pytest.fixture
+def model_loaded():
+    sd_models.model_data.set_sd_model(types.SimpleNamespace(sd_checkpoint_info=None, sd_model_hash=None))
+    sd_models.model_data.was_loaded_at_least_once = True
+
+
+COLOURS = [(230, 20, 20), (20, 20, 230), (20, 200, 20), (230, 230, 20)]
+
+
+def raw_pictures(folder: Path, captions: dict | None = None) -> Path:
+    """Four pictures of different shapes (one wide), one broken file, optional captions."""
+    folder.mkdir(parents=True)
+    sizes = [(300, 200), (200, 300), (900, 300), (256, 256)]
+    for i, (size, colour) in enumerate(zip(sizes, COLOURS)):
+        noise = np.random.default_rng(i).integers(0, 20, (size[1], size[0], 3))
+        Image.fromarray((np.array(colour) + noise).clip(0, 255).astype(np.uint8)).save(folder / f"p{i}.jpg")
+    (folder / "broken.png").write_bytes(b"not a picture")
+    for stem, text in (captions or {}).items():
+        (folder / f"{stem}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+def request(tmp_path: Path, **overrides) -> PrepareRequest:
+    values = dict(source_dir=str(tmp_path / "raw"), dataset_dir=str(tmp_path / "dataset"), token="sks",
+                  class_word="dog", repeats=5, width=128, height=128)
+    values.update(overrides)
+    return PrepareRequest(**values)
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def captions_of(folder: Path) -> dict:
+    return {p.stem: p.read_text(encoding="utf-8").strip() for p in sorted(folder.glob("*.txt"))}
+
+
+def test_prepared_folder_trains_with_the_loop_and_the_originals_are_untouched(tmp_path):
+    raw = raw_pictures(tmp_path / "raw")
+    before = snapshot(raw)
+    report = run_prepare(request(tmp_path, flip=True), StandaloneHost())
+    assert report.folder == tmp_path / "dataset" / "5_sks dog"
+    assert report.images == 8 and [p.name for p, _ in report.skipped] == ["broken.png"]
+    assert report.preview is not None and "broken.png" in report.summary()
+    assert snapshot(raw) == before
+    for image in report.folder.glob("*.png"):
+        assert Image.open(image).size == (128, 128)
+
+    scan = scan_dataset(tmp_path / "dataset")
+    assert scan.num_train_images == 8 and scan.num_train_samples == 40 and not scan.skipped
+    cfg = quick_config(tmp_path / "dataset", tmp_path / "out", "lora", training__max_train_steps=3,
+                       data__resolution=128)
+    result = run_training(cfg, StandaloneHost(tiny_bundle()))
+    assert result.steps == 3 and result.output_path.is_file()
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("ignore", "a photo of a red square"),
+    ("keep", "red dog, sitting"),
+    ("prepend", "a photo of a red square, red dog, sitting"),
+    ("append", "red dog, sitting, a photo of a red square"),
+])
+def test_blip_captions_combine_with_existing_ones_as_chosen(tmp_path, mode, expected):
+    raw_pictures(tmp_path / "raw", captions={"p0": "red dog, sitting"})
+    report = run_prepare(request(tmp_path, captioner="blip", existing_captions=mode, trigger_word_first=False),
+                         A1111Host())
+    made = captions_of(report.folder)
+    assert made["p0"] == expected
+    assert made["p1"] == "a photo of a blue square"          # no caption before: the captioner's
+    assert report.captioned == 4
+    assert interrogate.events[-1] == "send_blip_to_ram"     # the model is given back
+    assert shared.state.job == "" and shared.state.job_count == 0
+
+
+def test_trigger_word_goes_first_and_flipped_copies_share_their_caption(tmp_path):
+    raw_pictures(tmp_path / "raw")
+    report = run_prepare(request(tmp_path, captioner="deepbooru", flip=True), A1111Host())
+    made = captions_of(report.folder)
+    assert set(made) == {"p0", "p1", "p2", "p3", "p0-flipped", "p1-flipped", "p2-flipped", "p3-flipped"}
+    assert all(text.split(", ")[0] == "sks" for text in made.values())
+    assert all(made[f"{s}-flipped"] == made[s] for s in ("p0", "p1", "p2", "p3"))
+
+
+def test_class_images_land_with_captions_under_the_queue_lock_and_existing_ones_are_reused(tmp_path,
+                                                                                              model_loaded):
+    raw_pictures(tmp_path / "raw")
+    reg = tmp_path / "reg" / "1_dog"
+    reg.mkdir(parents=True)
+    Image.new("RGB", (128, 128), "white").save(reg / "mine.png")
+    report = run_prepare(request(tmp_path, class_images=-1, class_prompt="a photo of a dog",
+                                 reg_dir=str(tmp_path / "reg")), A1111Host())
+    assert report.class_dir == reg and report.class_images_reused == 1 and report.class_images_made == 3
+    made = sorted(reg.glob("class_*.png"))
+    assert len(made) == 3 and (reg / "mine.png").is_file()
+    for image in made:
+        assert image.with_suffix(".txt").read_text(encoding="utf-8").strip() == "a photo of a dog"
+    calls = processing.calls
+    assert len(calls) == 3 and all(c["queue_lock_held"] for c in calls)
+    assert len({c["seed"] for c in calls}) == 3
+    scan = scan_dataset(tmp_path / "dataset", reg_dir=tmp_path / "reg")
+    assert scan.num_reg_images == 4
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(source_dir=""), "prepare.source_dir"),
+    (dict(source_dir="/no/such/folder"), "prepare.source_dir"),
+    (dict(dataset_dir=""), "prepare.dataset_dir"),
+    (dict(token="a/b"), "prepare.token"),
+    (dict(width=30), "prepare.width"),
+    (dict(mode="zoom"), "prepare.mode"),
+    (dict(captioner="clip"), "prepare.captioner"),
+    (dict(existing_captions="merge"), "prepare.existing_captions"),
+    (dict(class_images=3, class_word=""), "prepare.class_word"),
+    (dict(class_images=-5), "prepare.class_images"),
+])
+def test_bad_requests_are_refused_naming_the_field_before_any_file_is_written(tmp_path, overrides, field):
+    raw_pictures(tmp_path / "raw")
+    with pytest.raises(PrepareError, match=field.replace(".", r"\.")):
+        run_prepare(request(tmp_path, **overrides), A1111Host())
+    assert not (tmp_path / "dataset").exists()
+
+
+def test_standalone_refuses_captions_class_images_and_focal_crop_before_any_work(tmp_path):
+    raw_pictures(tmp_path / "raw")
+    for overrides, says in ((dict(captioner="blip"), "need the AUTOMATIC1111 WebUI"),
+                            (dict(class_images=2), "need the WebUI's txt2img"),
+                            (dict(mode="focal"), "focal-point crop")):
+        with pytest.raises(PrepareError, match=says):
+            run_prepare(request(tmp_path, **overrides), StandaloneHost())
+    assert not (tmp_path / "dataset").exists()
+
+
+def test_an_existing_folder_is_never_overwritten(tmp_path):
+    raw_pictures(tmp_path / "raw")
+    target = tmp_path / "dataset" / "5_sks dog"
+    target.mkdir(parents=True)
+    (target / "keep.png").write_bytes(b"user's file")
+    with pytest.raises(PrepareError, match="never overwritten"):
+        run_prepare(request(tmp_path), StandaloneHost())
+    assert snapshot(target) == {"keep.png": b"user's file"}
+
+
+def test_a_stop_during_captioning_keeps_what_was_finished(tmp_path):
+    raw_pictures(tmp_path / "raw")
+    asked = []
+
+    def stop_after_two() -> bool:
+        asked.append(1)
+        return len(list((tmp_path / "dataset" / "5_sks dog").glob("*.txt"))) >= 2
+
+    report = run_prepare(request(tmp_path, captioner="blip", trigger_word_first=False), A1111Host(),
+                         should_stop=stop_after_two)
+    assert report.stopped and report.images == 4 and report.captioned == 2
+    assert len(list(report.folder.glob("*.png"))) == 4 and len(captions_of(report.folder)) == 2
+    assert shared.state.job == ""
+
+
+def test_the_tab_prepares_fills_the_train_fields_and_edits_tags(tmp_path):
+    raw_pictures(tmp_path / "raw")
+    h = PrepareHandlers(A1111Host())
+    choices, _ = h.captioner_choices()
+    assert choices[:3] == ["none", "blip", "deepbooru"]
+    form = dict(request(tmp_path, captioner="deepbooru").to_dict(), repeats=5.0)
+    message, preview, tag_folder, train_dir, _ = h.prepare(*[form[k] for k in FORM_KEYS])
+    assert "4 training image(s)" in message and preview is not None
+    assert train_dir == str(tmp_path / "dataset") and tag_folder.endswith("5_sks dog")
+
+    rows, _ = h.tags(tag_folder)
+    counts = dict((tag, n) for tag, n in rows)
+    assert counts["sks"] == 4
+    merged = [t for t in counts if t != "sks"][:2]
+    before = captions_of(Path(tag_folder))
+    rows, note = h.edit(tag_folder, "merge into", ", ".join(merged), "Smith")
+    after = captions_of(Path(tag_folder))
+    assert "changed" in note and dict((t, n) for t, n in rows).get("Smith")
+    for stem, text in before.items():
+        had = [t for t in text.split(", ") if t in merged]
+        if had:
+            assert "Smith" in after[stem].split(", ") and not set(merged) & set(after[stem].split(", "))
+        else:
+            assert after[stem] == text
+
+    message, *_ = h.prepare(*[form[k] for k in FORM_KEYS])       # the same folder again: refused, kept
+    assert "never overwritten" in message and captions_of(Path(tag_folder)) == after
+    _, note = h.edit(tag_folder, "merge into", "x", "")
+    assert "prepare.merge_into" in note or "prepare.trigger_word" in note
