@@ -1,5 +1,5 @@
 """Command line: `python -m extensions_lib train CONFIG.toml [--set section.key=value ...] [--check]`,
-`demo`, `ui`, `config` (write a commented default config)."""
+`demo`, `ui`, `config` (write a commented default config), `prepare` (raw pictures -> training folder)."""
 from __future__ import annotations
 
 import argparse
@@ -51,6 +51,26 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", formatter_class=_HelpFormatter,
                        help="write the default config as TOML, every option with its help as a comment")
     c.add_argument("path", type=Path, help="the file to write (an existing file is not replaced)")
+
+    r = sub.add_parser("prepare", formatter_class=_HelpFormatter,
+                       help="turn a folder of raw pictures into a training folder <repeats>_<token> <class>/",
+                       description="Crop (or keep the aspect of), split and flip raw pictures into a new training "
+                                   "folder; the pictures are never changed. Captions from BLIP / DeepBooru and "
+                                   "class images need the WebUI: use the tab's Prepare dataset step there.")
+    r.add_argument("source", type=Path, help="folder of raw pictures (a .txt beside a picture is its caption)")
+    r.add_argument("dataset", type=Path, help="training folder the new subfolder goes into")
+    r.add_argument("--token", required=True, help="trigger word, e.g. sks")
+    r.add_argument("--class", dest="class_word", default="", help="class word, e.g. dog")
+    r.add_argument("--repeats", type=int, default=10, help="repeats per epoch (the folder's number)")
+    r.add_argument("--size", default="512", metavar="W[xH]", help="output size, e.g. 512 or 512x768")
+    r.add_argument("--mode", default="center", choices=["center", "auto_size", "keep"],
+                   help="center: crop the middle; auto_size: best size for the aspect; keep: keep the aspect")
+    r.add_argument("--split", action="store_true", help="cut images much longer than the target into tiles")
+    r.add_argument("--flip", action="store_true", help="also write a mirrored copy of every image")
+    r.add_argument("--existing-captions", default="keep", choices=["keep", "ignore"],
+                   help="copy the captions beside the pictures (keep) or leave them out (ignore)")
+    r.add_argument("--no-trigger-first", action="store_true",
+                   help="do not put the trigger word first in the copied captions")
 
     u = sub.add_parser("ui", formatter_class=_HelpFormatter,
                        help="serve the Trainer tab standalone on a checkpoint file")
@@ -235,6 +255,30 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from .errors import user_error_types
+    from .hosts.standalone import StandaloneHost
+    from .prepare.images import PrepareError
+    from .prepare.run import PrepareRequest, run_prepare
+
+    try:
+        width, _, height = args.size.lower().partition("x")
+        if not width.isdigit() or (height and not height.isdigit()):
+            raise PrepareError(f"--size {args.size}: give a size like 512 or 512x768")
+        req = PrepareRequest(source_dir=str(args.source), dataset_dir=str(args.dataset), token=args.token,
+                             class_word=args.class_word, repeats=args.repeats, width=int(width),
+                             height=int(height or width), mode=args.mode, split_oversized=args.split,
+                             flip=args.flip, existing_captions=args.existing_captions,
+                             trigger_word_first=not args.no_trigger_first)
+        report = run_prepare(req, StandaloneHost(), on_status=lambda text: None)
+    except user_error_types() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    print(f"train on it with data.train_dir = {str(args.dataset)!r}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "train":
@@ -245,6 +289,8 @@ def main(argv=None) -> int:
         return run_demo(args.out, steps=args.steps)
     if args.command == "config":
         return cmd_config(args)
+    if args.command == "prepare":
+        return cmd_prepare(args)
     if args.command == "ui":
         from .ui.standalone import serve
 

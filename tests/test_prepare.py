@@ -222,3 +222,54 @@ def test_the_tab_prepares_fills_the_train_fields_and_edits_tags(tmp_path):
     assert "never overwritten" in message and captions_of(Path(tag_folder)) == after
     _, note = h.edit(tag_folder, "merge into", "x", "")
     assert "prepare.merge_into" in note or "prepare.trigger_word" in note
+
+
+def test_rest_prepare_and_tags(tmp_path, model_loaded):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from extensions_lib.ui.api import register_routes
+    from extensions_lib.ui.job import TrainingJob
+
+    app = FastAPI()
+    register_routes(app, TrainingJob(), A1111Host)
+    client = TestClient(app, raise_server_exceptions=False)
+    raw_pictures(tmp_path / "raw", captions={"p1": "red dog, sitting"})
+    body = dict(request(tmp_path, captioner="deepbooru", existing_captions="append", class_images=2).to_dict())
+    r = client.post("/trainer/v1/prepare", json=body)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["images"] == 4 and report["captioned"] == 4 and report["class_images_made"] == 2
+    assert report["skipped"][0][0].endswith("broken.png") and not report["stopped"]
+
+    again = client.post("/trainer/v1/prepare", json=body)
+    assert again.status_code == 422 and "never overwritten" in again.json()["error"]
+    assert client.post("/trainer/v1/prepare", json=dict(body, colour="red")).status_code == 422
+    assert client.post("/trainer/v1/prepare", json=[1]).status_code == 422
+
+    folder = report["folder"]
+    freq = client.post("/trainer/v1/tags", json={"folder": folder}).json()["tags"]
+    assert ["sks", 4] in freq and ["red dog", 1] in freq
+    merged = client.post("/trainer/v1/tags", json={"folder": folder, "action": "merge", "tags": ["red dog"],
+                                                   "into": "Rex"}).json()
+    assert [Path(p).name for p in merged["changed"]] == ["p1.txt"] and ["Rex", 1] in merged["tags"]
+    assert client.post("/trainer/v1/tags", json={"folder": folder, "action": "merge", "tags": ["x"],
+                                                 "into": ""}).status_code == 422
+    assert client.post("/trainer/v1/tags", json={"folder": "/no/such"}).status_code == 422
+
+
+def test_cli_prepare_writes_the_folder_and_refuses_captioning_flags_it_does_not_have(tmp_path):
+    import subprocess
+
+    raw_pictures(tmp_path / "raw", captions={"p0": "red dog"})
+    cmd = [sys.executable, "-m", "extensions_lib", "prepare", str(tmp_path / "raw"), str(tmp_path / "dataset"),
+           "--token", "sks", "--class", "dog", "--repeats", "3", "--size", "64x96", "--flip"]
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "8 training image(s) written" in r.stdout and "broken.png" in r.stdout
+    folder = tmp_path / "dataset" / "3_sks dog"
+    assert all(Image.open(p).size == (64, 96) for p in folder.glob("*.png"))
+    assert captions_of(folder) == {"p0": "sks, red dog", "p0-flipped": "sks, red dog"}
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "never overwritten" in again.stderr and "Traceback" not in again.stderr

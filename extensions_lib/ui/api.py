@@ -14,6 +14,12 @@ pydantic 1 (AUTOMATIC1111) and current fastapi / pydantic 2 (Forge).
                                      counts per <repeats>_<name> subfolder; a folder that is not a dataset
                                      is answered with whether it exists, never with what it holds
     GET  /trainer/v1/preview/{i}     -> PNG of the i-th latest preview image
+    POST /trainer/v1/prepare         body: PrepareRequest fields (prepare/run.py) -> 200 the report
+                                     (folder, counts, skipped files, class folder, stopped); runs to the end
+                                     (stop it with the WebUI's Interrupt); 422 {"error"} a field refused,
+                                     400 {"error"} the host refused (e.g. a captioner's model cannot load)
+    POST /trainer/v1/tags            body: {"folder", "action": "frequency" | "merge" | "replace" | "remove" |
+                                     "prefix", "tags": [...], "into": "..."} -> {"changed": [...], "tags": [[tag, n]]}
 
 Every JSON body is at most 1 MiB (413), nested at most 16 levels and holds only finite numbers
 (422, naming the field): see api_body.py. What /dataset reveals of a folder: api_dataset.py.
@@ -24,7 +30,7 @@ from typing import Callable, Optional, Sequence
 
 from ..config import ConfigError, TrainConfig
 from ..hosts.base import Host
-from .api_body import BodyError, read_config_body
+from .api_body import BodyError, read_config_body, read_json_body
 from .api_dataset import dataset_refusal, rest_dataset_summary
 from .job import JobBusyError, TrainingJob
 
@@ -138,4 +144,68 @@ def register_routes(app, job: TrainingJob, host_factory: Callable[[], Host], *,
         images[index][0].save(buf, format="PNG")
         return Response(buf.getvalue(), media_type="image/png")
 
+    @router.post("/prepare")
+    async def prepare(request: Request):
+        try:
+            body = await read_json_body(request)
+        except BodyError as e:
+            return JSONResponse(e.body, status_code=e.status)
+        return await run_in_threadpool(prepare_response, body, host_factory)
+
+    @router.post("/tags")
+    async def tags(request: Request):
+        try:
+            body = await read_json_body(request)
+        except BodyError as e:
+            return JSONResponse(e.body, status_code=e.status)
+        return await run_in_threadpool(tags_response, body)
+
     app.include_router(router)
+
+
+def prepare_response(body, host_factory: Callable[[], Host]):
+    from ..hosts.base import HostError
+    from ..prepare.images import PrepareError
+    from ..prepare.run import PrepareRequest, run_prepare
+
+    if not isinstance(body, dict):
+        return JSONResponse({"error": "the body must be a JSON object of prepare options"}, status_code=422)
+    try:
+        report = run_prepare(PrepareRequest.from_dict(body), host_factory())
+    except (PrepareError, TypeError) as e:
+        return JSONResponse({"error": str(e)}, status_code=422)
+    except HostError as e:
+        return JSONResponse({"error": str(e)}, status_code=400)
+    return {"folder": str(report.folder), "images": report.images, "captioned": report.captioned,
+            "skipped": [[str(p), reason] for p, reason in report.skipped],
+            "class_dir": str(report.class_dir) if report.class_dir else "",
+            "class_images_made": report.class_images_made, "class_images_reused": report.class_images_reused,
+            "stopped": report.stopped, "summary": report.summary()}
+
+
+def tags_response(body):
+    from pathlib import Path
+
+    from ..prepare import tags as tag_edit
+    from ..prepare.images import PrepareError
+
+    if not isinstance(body, dict) or not isinstance(body.get("folder"), str) or not Path(body["folder"]).is_dir():
+        return JSONResponse({"error": "folder: give an existing folder of images with caption .txt files"},
+                            status_code=422)
+    folder, action = Path(body["folder"]), body.get("action", "frequency")
+    tags = body.get("tags") or []
+    into = body.get("into") or ""
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags) or not isinstance(into, str):
+        return JSONResponse({"error": "tags must be a list of strings and into a string"}, status_code=422)
+    edits = {"merge": lambda: tag_edit.merge_tags(folder, tags, into),
+             "replace": lambda: tag_edit.replace_tag(folder, tags[0] if tags else "", into),
+             "remove": lambda: tag_edit.remove_tags(folder, tags),
+             "prefix": lambda: tag_edit.add_prefix(folder, into)}
+    if action != "frequency" and action not in edits:
+        return JSONResponse({"error": f"action = {action!r}: pick frequency, {', '.join(edits)}"}, status_code=422)
+    try:
+        changed = edits[action]().changed if action in edits else []
+        frequency = tag_edit.tag_frequency(folder)
+    except PrepareError as e:
+        return JSONResponse({"error": str(e)}, status_code=422)
+    return {"changed": [str(p) for p in changed], "tags": [[t, n] for t, n in frequency]}
