@@ -692,3 +692,33 @@ def test_a_freshly_opened_tab_shows_the_last_run_as_the_previous_one(tmp_path, d
     assert failing.wait(60)
     (status, *_), _ = build_tab(host, failing).trainer_handlers["poll"]({})
     assert "Previous run: test_lora (LoRA), failed" in status and "the GPU caught fire" in status
+
+
+def test_resumable_runs_are_listed_and_picking_one_fills_resume(tmp_path, dataset):
+    """The Output section's list: every complete training state in the form's output folder, newest
+    first; a half-written one is left out; picking one fills training.resume, and that run goes on."""
+    from extensions_lib.train.session import run_training
+
+    cfg = quick_config(dataset, tmp_path / "out", training__max_train_steps=6, output__save_every_n_steps=2,
+                       output__save_state=True, output__keep_last_n_states=2)
+    run_training(cfg, StandaloneHost(tiny_bundle()))
+    (tmp_path / "out" / ".test_lora-state.tmp-1").mkdir()          # an interrupted write
+    (tmp_path / "out" / "other-state").mkdir()                      # not a state: no files
+
+    tab = build_tab(StandaloneHost(), TrainingJob())
+    h = tab.trainer_handlers
+    update, note = h["resumable"](*_values(tab, cfg))
+    labels = update["choices"]
+    labels = [c[0] if isinstance(c, (list, tuple)) else c for c in labels]
+    assert len(labels) == 2 and labels[0].startswith("test_lora-state: lora, step 6")
+    assert labels[1].startswith("test_lora-state-00000004: lora, step 4") and "2 run(s)" in note
+    assert h["pick_resumable"](labels[1])["value"] == str(tmp_path / "out" / "test_lora-state-00000004")
+
+    cfg.training.resume = h["pick_resumable"](labels[1])["value"]
+    cfg.training.max_train_steps = 8
+    cfg.output.overwrite = True
+    assert run_training(cfg, StandaloneHost(tiny_bundle())).steps == 8
+
+    empty = quick_config(dataset, tmp_path / "nothing")
+    update, note = h["resumable"](*_values(tab, empty))
+    assert update["choices"] == [] and "No training state" in note

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -245,6 +246,44 @@ def prune_states(folder: Path, keep_last: int) -> None:
     older = sorted(p for p in folder.parent.glob(f"{folder.name}-*") if p.name[len(folder.name) + 1:].isdigit())
     for p in older[:max(0, len(older) - (keep_last - 1))]:
         shutil.rmtree(p, ignore_errors=True)
+
+
+@dataclass
+class StateEntry:
+    """A training state found on disk, for the tab's list of runs that can go on."""
+    folder: Path
+    step: int
+    epoch: int
+    method: str
+    saved_at: float     # the folder's modification time
+
+    def label(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.saved_at))
+        return f"{self.folder.name}: {self.method}, step {self.step}, epoch {self.epoch}, saved {when}"
+
+
+def resumable_states(output_dir: Path) -> list[StateEntry]:
+    """Every complete training state in `output_dir` (<name>-state and the kept <name>-state-<step>
+    folders), newest first; half-written temporary folders and foreign folders are left out."""
+    found = []
+    try:
+        candidates = [p for p in Path(output_dir).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return []
+    for folder in candidates:
+        name = folder.name
+        if not (name.endswith(STATE_SUFFIX) or (STATE_SUFFIX + "-") in name):
+            continue
+        if not all((folder / f).is_file() for f in FILES):
+            continue
+        try:
+            info = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            found.append(StateEntry(folder, int(info["step"]), int(info.get("epoch", 0)),
+                                    str(config.get("network", {}).get("method", "?")), folder.stat().st_mtime))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return sorted(found, key=lambda e: (-e.saved_at, e.folder.name))
 
 
 def _step_of(folder: Path) -> int:

@@ -119,6 +119,32 @@ class TabHandlers:
         return (ok_html(f"Started training {cfg.output_name} ({cfg.network.method}), job {job_id}."),
                 *_run_buttons(running=True))
 
+    def resumable(self, *values) -> tuple:
+        """(the list of training states in this form's output folder, a note): what Resume can go on from."""
+        from ..methods.base import make_method
+        from ..train.resume import resumable_states
+
+        try:
+            cfg = self.to_config(values)
+            folder = self.host.output_dir(make_method(cfg).kind, cfg)
+        except Exception as e:  # noqa: BLE001 - shown, not raised: the form may be half filled
+            if not (_is_user_error(e) or isinstance(e, ValueError)):
+                raise
+            return compat.update(choices=[], value=None), problems_html(e)
+        states = resumable_states(folder)
+        if not states:
+            return (compat.update(choices=[], value=None),
+                    notice_html(f"No training state in {folder}: turn on Output → save state to make one."))
+        labels = [s.label() for s in states]
+        self._states = {s.label(): str(s.folder) for s in states}
+        return compat.update(choices=labels, value=None), ok_html(f"{len(states)} run(s) in {folder} can go on: "
+                                                                 "pick one to fill Resume from.")
+
+    def pick_resumable(self, label: str):
+        """The chosen state's folder into training.resume."""
+        folder = getattr(self, "_states", {}).get(label or "")
+        return compat.update(value=folder) if folder else compat.no_change()
+
     def stop(self) -> str:
         if self.job.stop():
             return ok_html("Stopping after the current step; the result is saved.")
@@ -175,7 +201,8 @@ class TabHandlers:
         """The handlers by the names tests use."""
         return {"start": self.start, "stop": self.stop, "poll": self.poll, "save": self.save_config,
                 "load": self.load_config, "preset": self.preset, "dataset": self.dataset, "method": self.method,
-                "sample_now": self.sample_now, "save_now": self.save_now}
+                "sample_now": self.sample_now, "save_now": self.save_now, "resumable": self.resumable,
+                "pick_resumable": self.pick_resumable}
 
 
 def _run_buttons(running: bool) -> list:
@@ -206,6 +233,8 @@ def connect(tab, ui: TabLayout, h: TabHandlers, poll_seconds: float) -> None:
     ui.load_config.click(h.load_config, inputs=[ui.config_path], outputs=ui.inputs + [ui.message], **NO_API)
     ui.upload.upload(h.upload_config, inputs=[ui.upload], outputs=ui.inputs + [ui.message], **NO_API)
 
+    ui.find_states.click(h.resumable, inputs=ui.inputs, outputs=[ui.states, ui.message], **NO_API)
+    ui.states.change(h.pick_resumable, inputs=[ui.states], outputs=[fields["training.resume"]], **NO_API)
     ui.start.click(h.start, inputs=ui.inputs, outputs=[ui.message] + ui.run_buttons, **NO_API)
     # queue=False: these only set a flag, and must not wait behind polls in a busy queue
     ui.stop.click(h.stop, inputs=[], outputs=[ui.message], queue=False, **NO_API)

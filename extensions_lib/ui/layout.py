@@ -132,6 +132,18 @@ def widget(spec: FieldSpec, value, **extra):
     return compat.make(gr.Textbox, value=value, lines=lines, max_lines=12 if lines > 1 else 1, **common)
 
 
+def _resume_list():
+    """The runs that can go on (training states in the output folder): a list filled by Find, whose
+    choice fills training.resume."""
+    with gr.Row():
+        states = compat.make(gr.Dropdown, choices=[], value=None, label="Resumable runs",
+                             info="training states in the output folder; pick one to go on from it",
+                             elem_id=f"{ELEM_ID}_states", scale=4)
+        find_states = compat.make(gr.Button, value="Find runs to resume", elem_id=f"{ELEM_ID}_find_states",
+                                  size="sm", scale=1)
+    return states, find_states
+
+
 @dataclass
 class TabLayout:
     """The tab's components by role. `fields` maps config keys to widgets; `keys` is their order."""
@@ -156,6 +168,8 @@ class TabLayout:
     plot: Any
     gallery: Any
     log: Any
+    states: Any
+    find_states: Any
 
     @property
     def inputs(self) -> list:
@@ -218,6 +232,8 @@ def build_layout(defaults: TrainConfig, *, show_model_section: bool, status_html
                                  visible=section_visible(section, defaults.network.method)) as accordion:
                     sections[section] = accordion
                     rows(LAYOUT[section]["rows"])
+                    if section == "Output":
+                        states, find_states = _resume_list()
                     if LAYOUT[section]["advanced"]:
                         with compat.make(gr.Accordion, label="Advanced", open=False):
                             rows(LAYOUT[section]["advanced"])
@@ -253,4 +269,4 @@ def build_layout(defaults: TrainConfig, *, show_model_section: bool, status_html
                      config_path=config_path, save_config=save_config, load_config=load_config, upload=upload,
                      summary=summary, start=start, stop=stop, sample_now=sample_now, save_now=save_now,
                      message=message, status=status, result=result, copy=copy, plot=plot, gallery=gallery,
-                     log=log)
+                     log=log, states=states, find_states=find_states)
