@@ -273,3 +273,21 @@ def test_cli_prepare_writes_the_folder_and_refuses_captioning_flags_it_does_not_
     assert captions_of(folder) == {"p0": "sks, red dog", "p0-flipped": "sks, red dog"}
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "never overwritten" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_a_captioner_that_cannot_load_leaves_nothing_behind_and_the_request_can_be_sent_again(tmp_path):
+    """Offline, the WebUI cannot download BLIP: its own message is shown, no folder is written, and once
+    the model is there the same request works."""
+    from extensions_lib.hosts.base import HostError
+
+    raw_pictures(tmp_path / "raw")
+    interrogate.offline = True
+    try:
+        with pytest.raises(HostError, match="Temporary failure in name resolution"):
+            run_prepare(request(tmp_path, captioner="blip"), A1111Host())
+    finally:
+        interrogate.offline = False
+    assert not (tmp_path / "dataset").exists()
+    assert shared.state.job == "" and not __import__("modules.call_queue").call_queue.queue_lock.locked()
+    report = run_prepare(request(tmp_path, captioner="blip"), A1111Host())
+    assert report.captioned == 4

@@ -61,6 +61,11 @@ class WebUIPrepareProgress(PrepareProgress):
         state.job = JOB_NAME
         state.textinfo = f"{self.label}: {self.done}/{self.total}" + (f" ({text})" if text else "")
 
+    def set_total(self, total: int) -> None:
+        super().set_total(total)
+        if self.active:
+            self._state.job_count = max(1, self.total)
+
     def stopped(self) -> bool:
         if super().stopped():
             return True

@@ -137,6 +137,10 @@ class PrepareProgress:
         self.done += 1
         self.text = text
 
+    def set_total(self, total: int) -> None:
+        """The number of units, once known (e.g. after the images are made)."""
+        self.total = int(total)
+
     def stopped(self) -> bool:
         return self._stop
 

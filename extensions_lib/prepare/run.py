@@ -12,6 +12,7 @@ by name before anything is done.
 from __future__ import annotations
 
 import random
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional
@@ -108,8 +109,9 @@ class PrepareReport:
         return "\n".join(lines)
 
 
-def check_request(req: PrepareRequest, host: Host) -> None:
-    """Every refusal that needs no image work, each naming its field and the fix."""
+def check_request(req: PrepareRequest, host: Host, focal_crop=None) -> None:
+    """Every refusal that needs no image work, each naming its field and the fix. `focal_crop`: the
+    host's crop for mode focal (asked once by the caller: the WebUI's may try to fetch its face model)."""
     if not req.source_dir.strip():
         raise PrepareError("prepare.source_dir is empty: give the folder of raw pictures")
     src = Path(req.source_dir.strip())
@@ -130,7 +132,7 @@ def check_request(req: PrepareRequest, host: Host) -> None:
         reason = host.captioners().get(req.captioner, "")
         if reason:
             raise PrepareError(f"prepare.captioner = {req.captioner}: {reason}")
-    if req.mode == "focal" and host.focal_crop() is None:
+    if req.mode == "focal" and focal_crop is None:
         raise PrepareError("prepare.mode = focal needs the WebUI's auto focal-point crop, which this host lacks: "
                            "use center or auto_size")
     if not isinstance(req.class_images, int) or req.class_images < -1 or req.class_images > 10000:
@@ -151,16 +153,23 @@ def check_request(req: PrepareRequest, host: Host) -> None:
 
 def run_prepare(req: PrepareRequest, host: Host, *, on_status: Callable[[str], None] = lambda text: None,
                 should_stop: Callable[[], bool] = lambda: False) -> PrepareReport:
-    check_request(req, host)
+    focal = host.focal_crop() if req.mode == "focal" else None
+    check_request(req, host, focal)
     report = PrepareReport(folder=req.subset_dir)
-    result = _images(req, host, on_status, should_stop)
-    report.images, report.skipped, report.stopped = len(result.outputs), list(result.skipped), result.stopped
-    report.preview = result.preview_grid() if result.outputs else None
+    with ExitStack() as captioning:
+        if req.captioner:
+            # the captioner loads before any file is written: a model that cannot load (offline) leaves
+            # nothing behind, and the same request can simply be sent again
+            job = captioning.enter_context(host.prepare_job(f"Captioning with {req.captioner}", 0))
+            caption = captioning.enter_context(host.captioner(req.captioner))
+        result = _images(req, focal, on_status, should_stop)
+        report.images, report.skipped, report.stopped = len(result.outputs), list(result.skipped), result.stopped
+        report.preview = result.preview_grid() if result.outputs else None
+        if req.captioner and not report.stopped:
+            report.captioned, report.stopped = _caption(req, job, caption, result, on_status, should_stop)
     if report.stopped:
         return report
-    if req.captioner:
-        report.captioned, report.stopped = _caption(req, host, result, on_status, should_stop)
-    if req.trigger_word_first and not report.stopped:
+    if req.trigger_word_first:
         edited = tag_edit.add_prefix(req.subset_dir, req.token.strip())
         if edited.changed:
             report.notes.append(f"trigger word {req.token.strip()!r} put first in {len(edited.changed)} caption(s)")
@@ -169,31 +178,29 @@ def run_prepare(req: PrepareRequest, host: Host, *, on_status: Callable[[str], N
     return report
 
 
-def _images(req: PrepareRequest, host: Host, on_status, should_stop) -> PreparedImages:
-    focal = host.focal_crop() if req.mode == "focal" else None
+def _images(req: PrepareRequest, focal, on_status, should_stop) -> PreparedImages:
     on_status(f"Preparing images into {req.subset_dir}…")
     return prepare_images(Path(req.source_dir.strip()), req.subset_dir, req.image_options(), focal_crop=focal,
                           should_stop=should_stop, copy_captions=req.existing_captions != "ignore",
                           on_progress=lambda done, total, name: on_status(f"Preparing images… {done}/{total}"))
 
 
-def _caption(req: PrepareRequest, host: Host, result: PreparedImages, on_status, should_stop) -> tuple[int, bool]:
+def _caption(req: PrepareRequest, job, caption, result: PreparedImages, on_status, should_stop) -> tuple[int, bool]:
     """Caption each prepared image (a flipped copy takes its original's caption); returns (written, stopped)."""
     made: dict[Path, str] = {}
     flips = [o for o in result.outputs if o.kind == "flip"]
     todo = [o for o in result.outputs if o.kind != "flip"]
+    job.set_total(len(todo))
     written = 0
-    with host.prepare_job(f"Captioning with {req.captioner}", len(todo)) as job, \
-            host.captioner(req.captioner) as caption:
-        for out in todo:
-            if job.stopped() or should_stop():
-                return written, True
-            on_status(f"Captioning {out.path.name} ({written + 1}/{len(todo)})…")
-            with Image.open(out.path) as img:
-                text = caption(img.convert("RGB"))
-            made[out.path] = _write_caption(out.path, text, req.existing_captions)
-            written += 1
-            job.advance(out.path.name)
+    for out in todo:
+        if job.stopped() or should_stop():
+            return written, True
+        on_status(f"Captioning {out.path.name} ({written + 1}/{len(todo)})…")
+        with Image.open(out.path) as img:
+            text = caption(img.convert("RGB"))
+        made[out.path] = _write_caption(out.path, text, req.existing_captions)
+        written += 1
+        job.advance(out.path.name)
     for out in flips:
         twin = next((o.path for o in result.outputs if o.source == out.source and o.kind != "flip"
                      and out.path.stem == f"{o.path.stem}-flipped"), None)

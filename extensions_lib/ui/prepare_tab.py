@@ -32,7 +32,8 @@ _INTS = ("repeats", "width", "height", "class_images")
 
 def _message(text: str, ok: bool) -> str:
     kind = "ok" if ok else "error"
-    return f'<div class="trainer-{kind}" id="{ELEM}_msg_{kind}"><pre>{html.escape(text)}</pre></div>'
+    return (f'<div class="trainer-{kind}" id="{ELEM}_msg_{kind}">'
+            f'<pre style="white-space: pre-wrap; overflow-wrap: anywhere">{html.escape(text)}</pre></div>')
 
 
 class PrepareHandlers:
@@ -187,7 +188,7 @@ def build_prepare(host: Host) -> tuple[PrepareLayout, PrepareHandlers]:
         stop = compat.make(gr.Button, value="Stop", variant="stop", elem_id=f"{ELEM}_stop")
     message = gr.HTML("", elem_id=f"{ELEM}_message")
     preview = compat.make(gr.Image, value=None, type="pil", label="What each picture became", interactive=False,
-                          elem_id=f"{ELEM}_preview", show_share_button=False)
+                          elem_id=f"{ELEM}_preview", show_share_button=False, height=420)
     with compat.make(gr.Accordion, label="Edit tags", open=True, elem_id=f"{ELEM}_tags"):
         with gr.Row():
             tag_folder = compat.make(gr.Textbox, label="Folder of captioned images", max_lines=1,
