@@ -152,9 +152,9 @@ def test_a_missing_or_incomplete_state_is_refused(tmp_path):
         _train(cfg, host=_NoModelHost())
     _train(_config(tmp_path, "out", output__save_state=True), stop_at=1)
     state = tmp_path / "out" / "test_lora-state"
-    (state / "optimizer.pt").unlink()
+    (state / "optimizer.state").unlink()
     cfg.training.resume = str(state)
-    with pytest.raises(ConfigError, match="missing optimizer.pt"):
+    with pytest.raises(ConfigError, match="missing optimizer.state"):
         _train(cfg, host=_NoModelHost())
 
 
@@ -258,3 +258,22 @@ def test_a_resumed_run_keeps_the_validation_losses_and_trains_like_one_left_alon
     assert second.val_losses[:2] == first.val_losses
     # the same weights at the same steps give the same validation loss in either run
     assert dict(second.val_losses)[4] == dict(whole.val_losses)[4]
+
+
+def test_a_state_holds_no_file_the_webui_model_lists_would_load_and_format_1_still_resumes(tmp_path):
+    """The WebUI walks models/Lora, embeddings and models/hypernetworks with their subfolders and takes
+    .safetensors/.pt/.ckpt/.bin (and pictures, for embeddings): a state folder there must hold none.
+    A state written with the first format's names still resumes."""
+    whole = _train(_config(tmp_path, "whole"))
+    cfg = _config(tmp_path, "parts", output__save_state=True)
+    _train(cfg, stop_at=5)
+    state = tmp_path / "parts" / f"{cfg.output_name}-state"
+    loaded_by_webui = {".safetensors", ".pt", ".ckpt", ".bin", ".png", ".webp", ".jxl", ".avif"}
+    assert not [p.name for p in state.iterdir() if p.suffix.lower() in loaded_by_webui]
+
+    (state / "weights.state").rename(state / "weights.safetensors")      # as format 1 wrote it
+    (state / "optimizer.state").rename(state / "optimizer.pt")
+    info = json.loads((state / "trainer.json").read_text(encoding="utf-8"))
+    (state / "trainer.json").write_text(json.dumps(dict(info, format=1)), encoding="utf-8")
+    cfg.training.resume = str(state)
+    _assert_bitwise_equal(whole.output_path, _train(cfg).output_path)

@@ -2,12 +2,16 @@
 where a run left off.
 
 A state is a folder `<output_dir>/<name>-state/`:
-  weights.safetensors   the method's trainable tensors (p00000, p00001, ... in parameter order)
-  optimizer.pt          optimizer + LR schedule state and the torch RNG states (loads with weights_only=True)
+  weights.state         the method's trainable tensors (p00000, p00001, ... in parameter order; safetensors)
+  optimizer.state       optimizer + LR schedule state and the torch RNG states (torch's format, loads with
+                        weights_only=True)
   trainer.json          format, global step, epoch, batches done in that epoch, python/numpy/method RNGs,
                         the loss history and the files the run has written
   config.json           the config the run ran with
   dataset.json          the dataset's files (size, mtime, caption hash) and a hash of that list
+The tensor files do not end in .safetensors / .pt on purpose: the output folder is often one the WebUI
+scans (models/Lora, embeddings, models/hypernetworks, subfolders included), and it would list or try to
+load them as networks. Format 1 states (weights.safetensors, optimizer.pt) are still read.
 A folder is only ever complete: it is written under a temporary name and renamed into place.
 Everything here is checked before the model is touched; the tensors are read when the loop starts.
 """
@@ -28,8 +32,14 @@ import torch
 
 from ..config import ConfigError, ConfigProblem, TrainConfig
 
-FORMAT = 1
-FILES = ("weights.safetensors", "optimizer.pt", "trainer.json", "config.json", "dataset.json")
+FORMAT = 2
+FILES = ("weights.state", "optimizer.state", "trainer.json", "config.json", "dataset.json")
+# the tensor files' names by state format (1 used the extensions the WebUI's model lists pick up)
+TENSOR_FILES = {1: ("weights.safetensors", "optimizer.pt"), 2: ("weights.state", "optimizer.state")}
+
+
+def state_files(fmt: int) -> tuple[str, ...]:
+    return TENSOR_FILES.get(fmt, TENSOR_FILES[FORMAT]) + FILES[2:]
 STATE_SUFFIX = "-state"
 
 # Options a resumed run may change: how long it runs, where and how often it saves and previews,
@@ -108,12 +118,13 @@ class ResumeState:
         # torch.serialization.load, not torch.load: inside the WebUI torch.load is its safe-unpickle
         # wrapper (modules/safe.py), which refuses the entries current torch writes into the zip
         # (".format_version") and returns None. weights_only=True is the safety here.
-        path = self.folder / "optimizer.pt"
+        weights, optimizer = TENSOR_FILES[int(self.info.get("format", FORMAT))]
+        path = self.folder / optimizer
         rest = torch.serialization.load(str(path), map_location="cpu", weights_only=True)
         if not isinstance(rest, dict):
             raise _refuse(self.folder, f"{path.name} does not hold a training state; the folder is damaged: "
                                        "resume from another state or start a new run")
-        self.tensors = {"weights": load_file(str(self.folder / "weights.safetensors")), **rest}
+        self.tensors = {"weights": load_file(str(self.folder / weights)), **rest}
 
 
 def _refuse(path, why: str) -> ConfigError:
@@ -127,7 +138,7 @@ def read_state(cfg: TrainConfig, data_scan) -> ResumeState:
     if not folder.is_dir():
         raise _refuse(folder, "not a folder: name a training state folder (<name>-state in the output folder, "
                               "written when output.save_state is on)")
-    missing = [f for f in FILES if not (folder / f).is_file()]
+    missing = [f for f in state_files(_format_of(folder)) if not (folder / f).is_file()]
     if missing:
         raise _refuse(folder, f"incomplete training state, missing {', '.join(missing)}: name a folder written by "
                               "a run with output.save_state on")
@@ -136,8 +147,9 @@ def read_state(cfg: TrainConfig, data_scan) -> ResumeState:
                                  for f in ("trainer.json", "config.json", "dataset.json"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise _refuse(folder, f"unreadable training state ({e}); name another state folder") from None
-    if info.get("format") != FORMAT:
-        raise _refuse(folder, f"state format {info.get('format')!r}; this version reads format {FORMAT}")
+    if info.get("format") not in TENSOR_FILES:
+        raise _refuse(folder, f"state format {info.get('format')!r}; this version reads formats "
+                              f"{', '.join(map(str, TENSOR_FILES))}")
     problems = config_differences(saved_cfg, cfg.to_dict(), folder)
     if problems:
         raise ConfigError(problems)
@@ -215,9 +227,10 @@ def write_state(folder: Path, *, params: list[torch.Tensor], tensors: dict, info
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
+        weights, optimizer = TENSOR_FILES[FORMAT]
         save_file({f"p{i:05d}": p.detach().to("cpu").contiguous() for i, p in enumerate(params)},
-                  str(tmp / "weights.safetensors"))
-        torch.save(tensors, tmp / "optimizer.pt")
+                  str(tmp / weights))
+        torch.save(tensors, tmp / optimizer)
         for name, data in (("trainer.json", dict(info, format=FORMAT)), ("config.json", config),
                            ("dataset.json", dataset)):
             (tmp / name).write_text(json.dumps(data, indent=1), encoding="utf-8")
@@ -274,7 +287,7 @@ def resumable_states(output_dir: Path) -> list[StateEntry]:
         name = folder.name
         if not (name.endswith(STATE_SUFFIX) or (STATE_SUFFIX + "-") in name):
             continue
-        if not all((folder / f).is_file() for f in FILES):
+        if not all((folder / f).is_file() for f in state_files(_format_of(folder))):
             continue
         try:
             info = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
@@ -284,6 +297,15 @@ def resumable_states(output_dir: Path) -> list[StateEntry]:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
     return sorted(found, key=lambda e: (-e.saved_at, e.folder.name))
+
+
+def _format_of(folder: Path) -> int:
+    """The format trainer.json names (the current one when it cannot be read: then what is missing is
+    reported by the current names)."""
+    try:
+        return int(json.loads((folder / "trainer.json").read_text(encoding="utf-8"))["format"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return FORMAT
 
 
 def _step_of(folder: Path) -> int:
