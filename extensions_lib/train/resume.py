@@ -178,7 +178,7 @@ def config_differences(saved: dict, now: dict, folder: Path) -> list[ConfigProbl
 
 # -- writing ------------------------------------------------------------------------------------
 def capture_rng(generator: torch.Generator, method) -> tuple[dict, dict]:
-    """(tensor RNG states for optimizer.pt, JSON RNG states for trainer.json): every source of
+    """(tensor RNG states for optimizer.state, JSON RNG states for trainer.json): every source of
     randomness a step draws from (noise/timestep generator, dropout, VAE sampling, and any
     random.Random a method keeps, e.g. an embedding's template choice)."""
     tensors = {"rng_torch": torch.get_rng_state(), "rng_noise": generator.get_state()}
