@@ -150,6 +150,7 @@ def test_class_images_land_with_captions_under_the_queue_lock_and_existing_ones_
     (dict(existing_captions="merge"), "prepare.existing_captions"),
     (dict(class_images=3, class_word=""), "prepare.class_word"),
     (dict(class_images=-5), "prepare.class_images"),
+    (dict(class_images=2, class_cfg_scale=0.0), "prepare.class_cfg_scale"),
 ])
 def test_bad_requests_are_refused_naming_the_field_before_any_file_is_written(tmp_path, overrides, field):
     raw_pictures(tmp_path / "raw")

@@ -146,6 +146,8 @@ def check_request(req: PrepareRequest, host: Host, focal_crop=None) -> None:
             raise PrepareError("prepare.class_word is empty: it names the class folder (1_<class>/)")
         if not 1 <= req.class_steps <= 150:
             raise PrepareError(f"prepare.class_steps = {req.class_steps}: pick 1 to 150")
+        if not 1.0 <= req.class_cfg_scale <= 30.0:
+            raise PrepareError(f"prepare.class_cfg_scale = {req.class_cfg_scale}: pick 1 to 30")
         refusal = host.image_generation_refusal()
         if refusal:
             raise PrepareError(f"prepare.class_images = {req.class_images}: {refusal}")

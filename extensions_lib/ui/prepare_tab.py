@@ -26,8 +26,8 @@ NONE = "none"
 # the request fields the form sets, in the order the Prepare button sends them
 FORM_KEYS = ("source_dir", "dataset_dir", "token", "class_word", "repeats", "width", "height", "mode",
              "split_oversized", "flip", "captioner", "existing_captions", "trigger_word_first", "class_images",
-             "class_prompt", "class_negative_prompt", "reg_dir")
-_INTS = ("repeats", "width", "height", "class_images")
+             "class_prompt", "class_negative_prompt", "reg_dir", "class_steps", "class_cfg_scale")
+_INTS = ("repeats", "width", "height", "class_images", "class_steps")
 
 
 def _message(text: str, ok: bool) -> str:
@@ -58,6 +58,9 @@ class PrepareHandlers:
                 raise PrepareError(f"prepare.{key} = {value}: give a whole number")
             form[key] = int(float(value))
         form["captioner"] = "" if form["captioner"] in (None, NONE) else form["captioner"]
+        if form["class_cfg_scale"] is None or form["class_cfg_scale"] == "":
+            raise PrepareError("prepare.class_cfg_scale is empty: give a number, e.g. 7")
+        form["class_cfg_scale"] = float(form["class_cfg_scale"])
         for key in ("source_dir", "dataset_dir", "token", "class_word", "class_prompt", "class_negative_prompt",
                     "reg_dir"):
             form[key] = (form[key] or "").strip()
@@ -177,12 +180,17 @@ def build_prepare(host: Host) -> tuple[PrepareLayout, PrepareHandlers]:
                                label="Captions already beside the pictures", elem_id=f"{ELEM}_existing_captions")
         first = compat.make(gr.Checkbox, value=d.trigger_word_first, label="Trigger word first in every caption",
                             elem_id=f"{ELEM}_trigger_word_first")
-    with compat.make(gr.Accordion, label="Class images (regularisation)", open=False):
+    with compat.make(gr.Accordion, label="Class images (regularisation)", open=False,
+                     elem_id=f"{ELEM}_class_box"):
         with gr.Row():
             class_images = number("class_images", "How many (0 none, -1 as many as training images)")
             class_prompt = text("class_prompt", "Prompt (default: the class)")
             class_negative = text("class_negative_prompt", "Negative prompt")
             reg = text("reg_dir", "Folder (default: reg/ beside the training folder)")
+        with gr.Row():
+            class_steps = number("class_steps", "Sampling steps")
+            class_cfg = compat.make(gr.Number, label="CFG scale", value=d.class_cfg_scale,
+                                    elem_id=f"{ELEM}_class_cfg_scale")
     with gr.Row():
         prepare = compat.make(gr.Button, value="Prepare", variant="primary", elem_id=f"{ELEM}_start")
         stop = compat.make(gr.Button, value="Stop", variant="stop", elem_id=f"{ELEM}_stop")
@@ -207,7 +215,7 @@ def build_prepare(host: Host) -> tuple[PrepareLayout, PrepareHandlers]:
         tag_message = gr.HTML("", elem_id=f"{ELEM}_tag_message")
 
     inputs = [source, dataset, token, class_word, repeats, width, height, mode, split, flip, captioner, existing,
-              first, class_images, class_prompt, class_negative, reg]
+              first, class_images, class_prompt, class_negative, reg, class_steps, class_cfg]
     ui = PrepareLayout(inputs=inputs, prepare=prepare, stop=stop, message=message, preview=preview,
                        tag_folder=tag_folder, tag_table=tag_table, show_tags=show_tags, tag_action=tag_action,
                        tag_list=tag_list, tag_into=tag_into, apply_tags=apply_tags, tag_message=tag_message)
