@@ -169,7 +169,7 @@ def test_prepare_then_train_in_the_browser(server):
         # the dataset summary follows the filled-in folder: 8 images x 2 repeats
         _wait(page, lambda: "2_sks dog" in _text(page, "trainer_ext_dataset_summary")
               and "16 samples per epoch" in _text(page, "trainer_ext_dataset_summary"), "the dataset summary")
-        _box(page, "trainer_ext_data_resolution").fill("64")
+        assert _box(page, "trainer_ext_data_resolution").input_value() == "64"   # the size it prepared at
         _el(page, "trainer_ext_data_enable_buckets").locator("input[type=checkbox]").uncheck()
         _box(page, "trainer_ext_network_dim").fill("4")
         _box(page, "trainer_ext_training_max_train_steps").fill("6")

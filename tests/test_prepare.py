@@ -200,9 +200,9 @@ def test_the_tab_prepares_fills_the_train_fields_and_edits_tags(tmp_path):
     choices, _ = h.captioner_choices()
     assert choices[:3] == ["none", "blip", "deepbooru"]
     form = dict(request(tmp_path, captioner="deepbooru").to_dict(), repeats=5.0)
-    message, preview, tag_folder, train_dir, _ = h.prepare(*[form[k] for k in FORM_KEYS])
+    message, preview, tag_folder, train_dir, _, resolution = h.prepare(*[form[k] for k in FORM_KEYS])
     assert "4 training image(s)" in message and preview is not None
-    assert train_dir == str(tmp_path / "dataset") and tag_folder.endswith("5_sks dog")
+    assert train_dir == str(tmp_path / "dataset") and tag_folder.endswith("5_sks dog") and resolution == 128
 
     rows, _ = h.tags(tag_folder)
     counts = dict((tag, n) for tag, n in rows)

@@ -67,23 +67,25 @@ class PrepareHandlers:
         return PrepareRequest.from_dict(form)
 
     def prepare(self, *values):
-        """(message html, preview image, tag folder, train dir, reg dir)."""
+        """(message html, preview image, tag folder, then the Train step's dataset folder, regularisation
+        folder and resolution)."""
         keep = compat.no_change()
         if not self._busy.acquire(blocking=False):
-            return _message("A preparation is already running: wait for it or press Stop.", False), keep, keep, \
-                keep, keep
+            return (_message("A preparation is already running: wait for it or press Stop.", False),) + (keep,) * 5
         self._stop.clear()
         try:
             req = self.request(values)
             report = run_prepare(req, self.host, should_stop=self._stop.is_set)
         except user_error_types() as e:
-            return _message(str(e), False), keep, keep, keep, keep
+            return (_message(str(e), False),) + (keep,) * 5
         finally:
             self._busy.release()
         reg = str(report.class_dir.parent) if report.class_dir else keep
-        text = report.summary() + "\n\nThe Train step's Dataset folder now points at it."
+        # the size the images were made at is the size to train at (the long side, for keep)
+        resolution = max(req.width, req.height)
+        text = report.summary() + (f"\n\nThe Train step's Dataset folder now points at it, resolution {resolution}.")
         return (_message(text, not report.stopped), report.preview, str(report.folder),
-                req.dataset_dir, reg)
+                req.dataset_dir, reg, resolution)
 
     def stop(self) -> str:
         self._stop.set()
@@ -226,7 +228,7 @@ def build_prepare(host: Host) -> tuple[PrepareLayout, PrepareHandlers]:
     return ui, h
 
 
-def connect_prepare(ui: PrepareLayout, h: PrepareHandlers, *, train_dir, reg_dir) -> None:
-    """Prepare fills the Train step's dataset and class folders when it ends."""
-    ui.prepare.click(h.prepare, inputs=ui.inputs, outputs=[ui.message, ui.preview, ui.tag_folder, train_dir, reg_dir],
-                     **NO_API)
+def connect_prepare(ui: PrepareLayout, h: PrepareHandlers, *, train_dir, reg_dir, resolution) -> None:
+    """Prepare fills the Train step's dataset and class folders and its resolution when it ends."""
+    ui.prepare.click(h.prepare, inputs=ui.inputs,
+                     outputs=[ui.message, ui.preview, ui.tag_folder, train_dir, reg_dir, resolution], **NO_API)

@@ -49,7 +49,7 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
         handlers = TabHandlers(host, job, ui.keys, defaults, sections=list(ui.sections), host_for_run=host_for_run)
         connect(tab, ui, handlers, poll_seconds)
         connect_prepare(prepare_ui, prepare_handlers, train_dir=ui.fields["data.train_dir"],
-                        reg_dir=ui.fields["data.reg_dir"])
+                        reg_dir=ui.fields["data.reg_dir"], resolution=ui.fields["data.resolution"])
 
     # for tests: the widgets by config key, the key order of the handlers' values, the handlers
     tab.trainer_layout = ui
