@@ -25,6 +25,7 @@ from .objective import denoising_loss, sample_noise, sample_timesteps, target_fo
 from .optimizers import build_optimizer, build_scheduler, warmup_steps
 from .preview import non_finite_message, parse_prompt_line, sample_images
 from .resume import ResumeState, capture_rng, load_into, restore_rng, state_dir, write_state
+from .spill import SpillWatch
 from .text import TextConditioner
 from .validation import Validation, fixed_step, untouched_rng
 
@@ -334,6 +335,7 @@ class Trainer:
                                    "an uninterrupted run")
             self.cb.on_status(f"resuming at step {step}, epoch {start_epoch}, after batch {start_batch} of it")
         t0 = time.time()
+        spill, step_began = SpillWatch.for_device(self.device), None
         fast_paths = ExitStack()
         fast_paths.enter_context(cpu_fast_paths(bundle.unet, self.device, bool(t.gradient_checkpointing),
                                                 adapters=method.adapter_modules()))
@@ -347,6 +349,7 @@ class Trainer:
                 micro = first    # a state is taken at an optimizer step: a whole number of accumulations
                 for i in range(first, len(batches)):
                     batch = batches[i]
+                    step_began = step_began or time.time()    # the step's own time: no saves or previews
                     latents = self._latents(batch)
                     captions = [method.caption(c) for c in batch.captions]
                     with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
@@ -392,6 +395,10 @@ class Trainer:
                     recent = []
                     losses.append(step_loss)
                     elapsed = time.time() - t0
+                    slow = spill.observe(time.time() - step_began) if spill else None
+                    if slow:
+                        self.cb.on_warning(slow)
+                    step_began = None
                     window = losses[-50:]
                     self.cb.on_step(StepInfo(step=step, total_steps=total_steps, epoch=epoch, total_epochs=epochs,
                                              loss=step_loss, avg_loss=sum(window) / len(window),
