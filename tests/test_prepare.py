@@ -125,7 +125,7 @@ def test_class_images_land_with_captions_under_the_queue_lock_and_existing_ones_
     reg = tmp_path / "reg" / "1_dog"
     reg.mkdir(parents=True)
     Image.new("RGB", (128, 128), "white").save(reg / "mine.png")
-    report = run_prepare(request(tmp_path, class_images=-1, class_prompt="a photo of a dog",
+    report = run_prepare(request(tmp_path, make_class_images=True, class_prompt="a photo of a dog",
                                  reg_dir=str(tmp_path / "reg")), A1111Host())
     assert report.class_dir == reg and report.class_images_reused == 1 and report.class_images_made == 3
     made = sorted(reg.glob("class_*.png"))
@@ -148,9 +148,10 @@ def test_class_images_land_with_captions_under_the_queue_lock_and_existing_ones_
     (dict(mode="zoom"), "prepare.mode"),
     (dict(captioner="clip"), "prepare.captioner"),
     (dict(existing_captions="merge"), "prepare.existing_captions"),
-    (dict(class_images=3, class_word=""), "prepare.class_word"),
-    (dict(class_images=-5), "prepare.class_images"),
-    (dict(class_images=2, class_cfg_scale=0.0), "prepare.class_cfg_scale"),
+    (dict(make_class_images=True, class_word=""), "prepare.class_word"),
+    (dict(make_class_images=True, class_images=-5), "prepare.class_images"),
+    (dict(make_class_images=True, class_images=0), "prepare.class_images"),
+    (dict(make_class_images=True, class_cfg_scale=0.0), "prepare.class_cfg_scale"),
 ])
 def test_bad_requests_are_refused_naming_the_field_before_any_file_is_written(tmp_path, overrides, field):
     raw_pictures(tmp_path / "raw")
@@ -162,7 +163,7 @@ def test_bad_requests_are_refused_naming_the_field_before_any_file_is_written(tm
 def test_standalone_refuses_captions_class_images_and_focal_crop_before_any_work(tmp_path):
     raw_pictures(tmp_path / "raw")
     for overrides, says in ((dict(captioner="blip"), "need the AUTOMATIC1111 WebUI"),
-                            (dict(class_images=2), "need the WebUI's txt2img"),
+                            (dict(make_class_images=True), "need the WebUI's txt2img"),
                             (dict(mode="focal"), "focal-point crop")):
         with pytest.raises(PrepareError, match=says):
             run_prepare(request(tmp_path, **overrides), StandaloneHost())
@@ -236,7 +237,8 @@ def test_rest_prepare_and_tags(tmp_path, model_loaded):
     register_routes(app, TrainingJob(), A1111Host)
     client = TestClient(app, raise_server_exceptions=False)
     raw_pictures(tmp_path / "raw", captions={"p1": "red dog, sitting"})
-    body = dict(request(tmp_path, captioner="deepbooru", existing_captions="append", class_images=2).to_dict())
+    body = dict(request(tmp_path, captioner="deepbooru", existing_captions="append", make_class_images=True,
+                        class_images=2).to_dict())
     r = client.post("/trainer/v1/prepare", json=body)
     assert r.status_code == 200, r.text
     report = r.json()
@@ -292,3 +294,13 @@ def test_a_captioner_that_cannot_load_leaves_nothing_behind_and_the_request_can_
     assert shared.state.job == "" and not __import__("modules.call_queue").call_queue.queue_lock.locked()
     report = run_prepare(request(tmp_path, captioner="blip"), A1111Host())
     assert report.captioned == 4
+
+
+def test_class_prompts_from_the_training_captions_leave_the_trigger_word_out(tmp_path, model_loaded):
+    raw_pictures(tmp_path / "raw", captions={"p0": "red dog, sitting", "p1": "blue dog, running"})
+    report = run_prepare(request(tmp_path, make_class_images=True, class_images=3, class_prompts_from_captions=True),
+                         A1111Host())
+    prompts = [c["prompt"] for c in processing.calls]
+    assert prompts == ["dog, red dog, sitting", "dog, blue dog, running", "dog, red dog, sitting"]
+    made = captions_of(report.class_dir)
+    assert sorted(made.values()) == sorted(prompts) and not any("sks" in p for p in prompts)

@@ -44,8 +44,10 @@ class PrepareRequest:
     captioner: str = ""            # "" (none) | blip | deepbooru | wd14
     existing_captions: str = "keep"   # what a caption beside a raw picture does: ignore | keep | prepend | append
     trigger_word_first: bool = True   # put the token first in every caption file
-    class_images: int = 0          # 0: none; -1: as many as prepared training images
+    make_class_images: bool = False
+    class_images: int = -1         # how many; -1: as many as prepared training images
     class_prompt: str = ""         # default: the class word
+    class_prompts_from_captions: bool = False   # each training caption, trigger word removed, as a prompt
     class_negative_prompt: str = ""
     reg_dir: str = ""              # default: <dataset_dir>/../reg
     class_steps: int = 20
@@ -135,22 +137,21 @@ def check_request(req: PrepareRequest, host: Host, focal_crop=None) -> None:
     if req.mode == "focal" and focal_crop is None:
         raise PrepareError("prepare.mode = focal needs the WebUI's auto focal-point crop, which this host lacks: "
                            "use center or auto_size")
-    if not isinstance(req.class_images, int) or req.class_images < -1 or req.class_images > 10000:
-        raise PrepareError(f"prepare.class_images = {req.class_images!r}: 0 for none, -1 for as many as the "
-                           "training images, or a count up to 10000")
-    if req.class_images:
-        if not req.class_word.strip() and not req.class_prompt.strip():
-            raise PrepareError("prepare.class_images needs prepare.class_word (e.g. dog): it names the class "
-                               "folder and is the images' prompt")
+    if req.make_class_images:
+        if not isinstance(req.class_images, int) or req.class_images < -1 or req.class_images in (0,) \
+                or req.class_images > 10000:
+            raise PrepareError(f"prepare.class_images = {req.class_images!r}: -1 for as many as the training "
+                               "images, or a count from 1 to 10000")
         if not req.class_word.strip():
-            raise PrepareError("prepare.class_word is empty: it names the class folder (1_<class>/)")
+            raise PrepareError("prepare.class_word is empty: class images need it (e.g. dog): it names the class "
+                               "folder (1_<class>/) and is their prompt unless prepare.class_prompt is set")
         if not 1 <= req.class_steps <= 150:
             raise PrepareError(f"prepare.class_steps = {req.class_steps}: pick 1 to 150")
         if not 1.0 <= req.class_cfg_scale <= 30.0:
             raise PrepareError(f"prepare.class_cfg_scale = {req.class_cfg_scale}: pick 1 to 30")
         refusal = host.image_generation_refusal()
         if refusal:
-            raise PrepareError(f"prepare.class_images = {req.class_images}: {refusal}")
+            raise PrepareError(f"prepare.make_class_images: {refusal}")
 
 
 def run_prepare(req: PrepareRequest, host: Host, *, on_status: Callable[[str], None] = lambda text: None,
@@ -175,7 +176,7 @@ def run_prepare(req: PrepareRequest, host: Host, *, on_status: Callable[[str], N
         edited = tag_edit.add_prefix(req.subset_dir, req.token.strip())
         if edited.changed:
             report.notes.append(f"trigger word {req.token.strip()!r} put first in {len(edited.changed)} caption(s)")
-    if req.class_images and not report.stopped:
+    if req.make_class_images and not report.stopped:
         _class_images(req, host, report, on_status, should_stop)
     return report
 
@@ -234,21 +235,37 @@ def _class_images(req: PrepareRequest, host: Host, report: PrepareReport, on_sta
     missing = wanted - len(have)
     if missing <= 0:
         return
-    prompt = req.class_prompt.strip() or req.class_word.strip()
+    prompts = _class_prompts(req, missing)
     rng = random.Random(req.seed)
     requests = [ImageRequest(prompt=prompt, negative_prompt=req.class_negative_prompt, width=req.width,
                              height=req.height, steps=req.class_steps, cfg_scale=req.class_cfg_scale,
-                             seed=rng.randrange(2 ** 31)) for _ in range(missing)]
+                             seed=rng.randrange(2 ** 31)) for prompt in prompts]
     names = _free_names(folder, "class", missing)
     with host.prepare_job(f"Class images for {req.class_word.strip()}", missing) as job:
-        for name, image in zip(names, host.generate_images(requests, job)):
+        for name, request, image in zip(names, requests, host.generate_images(requests, job)):
             write_atomic(folder / f"{name}.png", lambda tmp: image.save(tmp, format="PNG"))
-            _write_text(folder / f"{name}.txt", prompt)
+            _write_text(folder / f"{name}.txt", request.prompt)
             report.class_images_made += 1
             on_status(f"Class images… {report.class_images_made}/{missing}")
             if should_stop():
                 job.request_stop()
         report.stopped = report.class_images_made < missing
+
+
+def _class_prompts(req: PrepareRequest, count: int) -> list[str]:
+    """One prompt per class image: the class prompt (default: the class word), or the training captions
+    in turn with the trigger word taken out (the class seen in the same scenes as the subject)."""
+    plain = req.class_prompt.strip() or req.class_word.strip()
+    if not req.class_prompts_from_captions:
+        return [plain] * count
+    token = req.token.strip().lower()
+    captions = []
+    for path in sorted(req.subset_dir.glob("*.txt")):
+        tags = [t.strip() for t in path.read_text(encoding="utf-8-sig").split(",")]
+        kept = [t for t in tags if t and t.lower() != token]
+        captions.append(", ".join(dict.fromkeys([req.class_word.strip()] + kept)))
+    captions = captions or [plain]
+    return [captions[i % len(captions)] for i in range(count)]
 
 
 def _free_names(folder: Path, prefix: str, count: int) -> list[str]:

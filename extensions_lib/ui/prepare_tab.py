@@ -25,8 +25,9 @@ NO_API = {"api_name": False}
 NONE = "none"
 # the request fields the form sets, in the order the Prepare button sends them
 FORM_KEYS = ("source_dir", "dataset_dir", "token", "class_word", "repeats", "width", "height", "mode",
-             "split_oversized", "flip", "captioner", "existing_captions", "trigger_word_first", "class_images",
-             "class_prompt", "class_negative_prompt", "reg_dir", "class_steps", "class_cfg_scale")
+             "split_oversized", "flip", "captioner", "existing_captions", "trigger_word_first", "make_class_images",
+             "class_images", "class_prompt", "class_prompts_from_captions", "class_negative_prompt", "reg_dir",
+             "class_steps", "class_cfg_scale")
 _INTS = ("repeats", "width", "height", "class_images", "class_steps")
 
 
@@ -185,7 +186,13 @@ def build_prepare(host: Host) -> tuple[PrepareLayout, PrepareHandlers]:
     with compat.make(gr.Accordion, label="Class images (regularisation)", open=False,
                      elem_id=f"{ELEM}_class_box"):
         with gr.Row():
-            class_images = number("class_images", "How many (0 none, -1 as many as training images)")
+            make_class = compat.make(gr.Checkbox, value=d.make_class_images, label="Make class images",
+                                     elem_id=f"{ELEM}_make_class_images")
+            class_images = number("class_images", "How many (-1: as many as the training images)")
+            from_captions = compat.make(gr.Checkbox, value=d.class_prompts_from_captions,
+                                        label="Prompts from the training captions (trigger word removed)",
+                                        elem_id=f"{ELEM}_class_prompts_from_captions")
+        with gr.Row():
             class_prompt = text("class_prompt", "Prompt (default: the class)")
             class_negative = text("class_negative_prompt", "Negative prompt")
             reg = text("reg_dir", "Folder (default: reg/ beside the training folder)")
@@ -217,7 +224,8 @@ def build_prepare(host: Host) -> tuple[PrepareLayout, PrepareHandlers]:
         tag_message = gr.HTML("", elem_id=f"{ELEM}_tag_message")
 
     inputs = [source, dataset, token, class_word, repeats, width, height, mode, split, flip, captioner, existing,
-              first, class_images, class_prompt, class_negative, reg, class_steps, class_cfg]
+              first, make_class, class_images, class_prompt, from_captions, class_negative, reg, class_steps,
+              class_cfg]
     ui = PrepareLayout(inputs=inputs, prepare=prepare, stop=stop, message=message, preview=preview,
                        tag_folder=tag_folder, tag_table=tag_table, show_tags=show_tags, tag_action=tag_action,
                        tag_list=tag_list, tag_into=tag_into, apply_tags=apply_tags, tag_message=tag_message)

@@ -95,7 +95,7 @@ def test_class_images_from_txt2img_then_the_prepared_folders_train(work):
     outputs = Path(WEBUI) / "outputs"
     before = {p for p in outputs.rglob("*") if p.is_file()} if outputs.exists() else set()
     body = {"source_dir": str(work / "raw"), "dataset_dir": str(work / "train"), "token": "sks",
-            "class_word": "man", "repeats": 2, "width": SIZE, "height": SIZE, "class_images": 2,
+            "class_word": "man", "repeats": 2, "width": SIZE, "height": SIZE, "make_class_images": True, "class_images": 2,
             "class_steps": 3, "class_prompt": "a photo of a man"}
     code, report = http("POST", "/trainer/v1/prepare", body)
     assert code == 200, report
