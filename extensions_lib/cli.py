@@ -180,15 +180,15 @@ def check_summary(cfg: TrainConfig, config_path: Path) -> list[str]:
               f"training:  {t.optimizer}, learning rate {t.learning_rate:g}, {t.lr_scheduler} schedule, "
               f"mixed precision {t.mixed_precision}, seed {t.seed}",
               f"output:    {output}",
-              f"memory:    estimated peak {_peak(cfg, host, dataset)} for an SD1.5-sized model",
+              f"memory:    {_peak(cfg, host, dataset)}",
               "config OK: nothing was loaded or written; run the same command without --check to train"]
     return lines
 
 
 def _peak(cfg: TrainConfig, host, dataset) -> str:
-    from .train.memory import estimate_peak
+    from .train.memory import estimate_note
 
-    return estimate_peak(cfg, device=host.device(), num_images=dataset.num_train_samples).describe()
+    return estimate_note(cfg, device=host.device(), host_holds_model=False, num_images=dataset.num_train_samples)
 
 
 def _describe_method(cfg: TrainConfig) -> str:

@@ -422,6 +422,9 @@ def test_tab_start_poll_and_result(tmp_path, dataset):
     opened = {"opened_at": time.time()}       # this page was open when the run started
     msg, start_btn, *acting = h["start"](*_values(tab, cfg))    # acting: stop, sample now, save now
     assert "Started" in msg and start_btn["interactive"] is False
+    # the memory estimate for these settings on this device, before the run uses any
+    assert re.search(r"Estimated peak \d+\.\d\d GiB \(.*activations.*\) on cpu for an SD1.5-sized model; "
+                     r"[\d.]+ GiB free of", msg), msg
     assert [u["interactive"] for u in acting] == [True, True, True]
     assert job.wait(120)
     (status, plot, gallery, result, log, start_u, *acting), seen = h["poll"](opened)

@@ -109,6 +109,22 @@ def estimate_run(cfg, bundle, method, *, device: torch.device, host_holds_model:
                          host_holds_model=host_holds_model, num_images=num_images)
 
 
+def estimate_note(cfg, *, device: torch.device, host_holds_model: bool, num_images: int = 0) -> str:
+    """One line for the user before a run: the estimate for an SD1.5-sized model on this device, what the
+    device has free, and a warning with the knobs when the estimate is above it."""
+    est = estimate_peak(cfg, device=device, host_holds_model=host_holds_model, num_images=num_images)
+    held = " (the WebUI's loaded model not counted: it is already in memory)" if host_holds_model else ""
+    line = f"estimated peak {est.describe()} on {device.type} for an SD1.5-sized model{held}"
+    available = device_memory(device)
+    if available:
+        free, total = available
+        line += f"; {gib(free)} free of {gib(total)}"
+        if est.total > free:
+            line += (" - more than is free: lower training.train_batch_size or data.resolution, turn on "
+                     "training.gradient_checkpointing, or use mixed precision / an 8-bit optimizer")
+    return line
+
+
 def device_memory(device: torch.device) -> Optional[tuple[int, int]]:
     """(free, total) bytes of the device now; None where it cannot be read."""
     try:

@@ -303,6 +303,7 @@ def preflight(cfg: TrainConfig, host: Host) -> tuple[int, int, list[str]]:
     """Every refusal that needs no model, in the order run_training meets them.
     Returns (total steps, epochs, log lines about the dataset)."""
     from ..train.loop import plan_steps
+    from ..train.memory import estimate_note
     from ..train.session import build_dataset, check_before_model
 
     # the same scan as the run's (each image decoded once per change; the tab's summary has
@@ -310,7 +311,9 @@ def preflight(cfg: TrainConfig, host: Host) -> tuple[int, int, list[str]]:
     scan, _ = check_before_model(cfg, host)
     dataset = build_dataset(cfg, scan)
     _, total, epochs = plan_steps(cfg, dataset.steps_per_epoch())
-    log = [f"{total} steps in {epochs} epochs"]
+    log = [f"{total} steps in {epochs} epochs",
+           "memory: " + estimate_note(cfg, device=host.device(), host_holds_model=not host.model_from_config,
+                                      num_images=dataset.num_train_samples)]
     if cfg.training.resume.strip():
         log.append(f"resuming from the training state {cfg.training.resume.strip()}")
     return total, epochs, log
