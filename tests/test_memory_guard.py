@@ -277,3 +277,47 @@ def test_the_webui_model_is_bit_identical_after_out_of_memory(tmp_path, monkeypa
         assert not call_queue.queue_lock.locked() and not a1111_mod._TRAINING.locked()
     finally:
         fw.reset(tmp_path / "webui")
+
+
+def test_one_data_parallel_process_out_of_memory_stops_both_without_a_hang(tmp_path):
+    """Under `accelerate launch` (2 CPU processes over gloo), the second process's forward runs out of
+    memory at its second micro-batch: both processes stop with the message (none waits forever in the
+    next all-reduce), and no final file is written."""
+    import os
+    import subprocess
+    import textwrap
+
+    from safetensors.torch import save_file
+
+    from extensions_lib.model.tiny import tiny_ldm_state_dict
+
+    from helpers import TOKENIZER_DIR
+
+    sd, _ = tiny_ldm_state_dict(TOKENIZER_DIR)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "tiny.safetensors"))
+    cfg = _config(tmp_path)
+    cfg.model.checkpoint, cfg.model.tokenizer = str(tmp_path / "tiny.safetensors"), str(TOKENIZER_DIR)
+    cfg.save_toml(tmp_path / "train.toml")
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(f"""
+        import os, runpy, sys
+        import extensions_lib.train.loop as loop
+        real, calls = loop.denoising_loss, []
+        def loss(*a, **k):
+            calls.append(1)
+            if os.environ.get("RANK") == "1" and len(calls) == 2:
+                raise RuntimeError({CUDA_OOM!r})
+            return real(*a, **k)
+        loop.denoising_loss = loss
+        sys.argv = ["extensions_lib", "train", sys.argv[1]]
+        runpy.run_module("extensions_lib", run_name="__main__")
+    """), encoding="utf-8")
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    r = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no", str(driver), str(tmp_path / "train.toml")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0, r.stdout[-2000:]
+    assert r.stderr.count("training ran out of memory at step 2") == 2, r.stderr[-4000:]
+    assert "Tried to allocate 2.00 GiB" in r.stderr and "another data-parallel process" in r.stderr
+    assert not (tmp_path / "out" / "test_lora.safetensors").exists()

@@ -21,6 +21,7 @@ from ..config import ConfigError, ConfigProblem, TrainConfig
 from ..methods.base import Method, SaveInfo
 from .cpu_fast_paths import cpu_fast_paths
 from .events import Callbacks, Commands, NonFiniteLossError, StepInfo, TrainResult
+from .memory import DataParallelOutOfMemory, is_out_of_memory
 from .objective import denoising_loss, sample_noise, sample_timesteps, target_for
 from .optimizers import build_optimizer, build_scheduler, warmup_steps
 from .preview import non_finite_message, parse_prompt_line, sample_images
@@ -28,6 +29,10 @@ from .resume import ResumeState, capture_rng, load_into, restore_rng, state_dir,
 from .spill import SpillWatch
 from .text import TextConditioner
 from .validation import Validation, fixed_step, untouched_rng
+
+
+# what stops a step, by precedence (Dist.worst): a process out of memory, a NaN/inf loss
+NON_FINITE, OOM = 1, 2
 
 
 @dataclass
@@ -60,6 +65,17 @@ class Dist:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    def worst(self, code: int, device: torch.device) -> int:
+        """The highest of every process's `code` (0 = fine; see NON_FINITE, OOM), on every process: one
+        all-reduce decides a step's stop for all of them, whichever process met the problem."""
+        if self.num_processes == 1:
+            return code
+        import torch.distributed as dist
+
+        t = torch.tensor([code], dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
 
     def any_process(self, flag: bool, device: torch.device) -> bool:
         """True on every process when `flag` is true on any: a stop decided alone would leave the
@@ -350,28 +366,39 @@ class Trainer:
                 for i in range(first, len(batches)):
                     batch = batches[i]
                     step_began = step_began or time.time()    # the step's own time: no saves or previews
-                    latents = self._latents(batch)
-                    captions = [method.caption(c) for c in batch.captions]
-                    with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                        ctx = cond(captions)
-                        noise = sample_noise(latents, t.noise_offset, gen)
-                        ts = sample_timesteps(latents.shape[0], scheduler, gen, self.device)
-                        noisy = scheduler.add_noise(latents, noise, ts)
-                        pred = bundle.unet(noisy, ts, ctx.to(self.device)).sample
-                    weights = torch.where(batch.is_reg, cfg.data.prior_loss_weight, 1.0)
-                    loss = denoising_loss(pred, target_for(scheduler, latents, noise, ts), scheduler=scheduler,
-                                          timesteps=ts, min_snr_gamma=t.min_snr_gamma, sample_weights=weights)
-                    # a NaN/inf loss is never back-propagated: straight to the step's stop decision
-                    loss_value = float(loss.detach())
-                    bad_loss = not math.isfinite(loss_value)
-                    if not bad_loss:
-                        scaled = loss / accum
-                        (scaler.scale(scaled) if scaler else scaled).backward()
+                    oom = None
+                    try:
+                        latents = self._latents(batch)
+                        captions = [method.caption(c) for c in batch.captions]
+                        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                            ctx = cond(captions)
+                            noise = sample_noise(latents, t.noise_offset, gen)
+                            ts = sample_timesteps(latents.shape[0], scheduler, gen, self.device)
+                            noisy = scheduler.add_noise(latents, noise, ts)
+                            pred = bundle.unet(noisy, ts, ctx.to(self.device)).sample
+                        weights = torch.where(batch.is_reg, cfg.data.prior_loss_weight, 1.0)
+                        loss = denoising_loss(pred, target_for(scheduler, latents, noise, ts), scheduler=scheduler,
+                                              timesteps=ts, min_snr_gamma=t.min_snr_gamma, sample_weights=weights)
+                        # a NaN/inf loss is never back-propagated: straight to the step's stop decision
+                        loss_value = float(loss.detach())
+                        bad_loss = not math.isfinite(loss_value)
+                        if not bad_loss:
+                            scaled = loss / accum
+                            (scaler.scale(scaled) if scaler else scaled).backward()
+                    except Exception as e:  # noqa: BLE001 - only an allocation failure is kept
+                        # alone, a process out of memory would leave its peers waiting in the next
+                        # all-reduce forever: it goes to the shared stop decision instead
+                        if self.dist.num_processes == 1 or not is_out_of_memory(e):
+                            raise
+                        oom, loss_value, bad_loss = str(e), float("nan"), True
                     recent.append(loss_value)
                     micro += 1
                     if not bad_loss and micro % accum and i != len(batches) - 1:
                         continue
-                    if self.dist.any_process(bad_loss, self.device):
+                    failure = self.dist.worst(OOM if oom else NON_FINITE if bad_loss else 0, self.device)
+                    if failure == OOM:
+                        raise DataParallelOutOfMemory(oom or "another data-parallel process ran out of memory")
+                    if failure == NON_FINITE:
                         raise self._non_finite(step + 1, "loss")
                     self.dist.average_gradients(params)
                     if scaler:

@@ -142,6 +142,13 @@ def device_memory(device: torch.device) -> Optional[tuple[int, int]]:
     return None
 
 
+class DataParallelOutOfMemory(RuntimeError):
+    """Raised by every data-parallel process when one of them ran out of memory: all stop together."""
+
+    def __init__(self, cause: str):
+        super().__init__(f"out of memory in a data-parallel process: {cause}")
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """An allocation failure (GPU or CPU), as opposed to any other error."""
     cuda_oom = getattr(torch.cuda, "OutOfMemoryError", None)    # torch >= 1.13
