@@ -423,8 +423,10 @@ def test_output_path(tmp_path):
     assert output_path(d, "cat", epoch=2, ext=".pt") == os.path.join(d, "cat-000002.pt")
     with pytest.raises(ValueError, match="output.name"):
         output_path(d, "../cat")
-    with pytest.raises(ValueError, match="not both"):
-        output_path(d, "cat", epoch=1, step=1)
+    assert output_path(d, "cat", best=True) == os.path.join(d, "cat-best.safetensors")
+    for both in (dict(epoch=1, step=1), dict(epoch=1, best=True), dict(step=1, best=True)):
+        with pytest.raises(ValueError, match="give one of epoch, step or best"):
+            output_path(d, "cat", **both)
     with pytest.raises(ValueError, match="ext"):
         output_path(d, "cat", ext="pt")
 

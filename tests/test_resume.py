@@ -246,11 +246,13 @@ def test_a_resumed_run_keeps_the_validation_losses_and_trains_like_one_left_alon
     """Validation on: the held-out images are the same in both parts, the weights end bitwise equal,
     and the resumed run's curve holds the points measured before the stop."""
     make_images(tmp_path / "data" / "2_sks", n=6)
-    options = dict(data__validation_split=0.34, training__validate_every_n_steps=2)
+    options = dict(data__validation_split=0.34, training__validate_every_n_steps=2, output__keep_best_validation=True)
     whole = _train(_config(tmp_path, "whole", **options))
     cfg = _config(tmp_path, "parts", output__save_state=True, **options)
     first = _train(cfg, stop_at=3)
     assert [s for s, _ in first.val_losses] == [2, 3]        # every 2 steps, and once when stopped
+    info = json.loads((tmp_path / "parts" / f"{cfg.output_name}-state" / "trainer.json").read_text())
+    assert info["best_val_loss"] == min(v for _, v in first.val_losses)   # the resumed run compares with it
     cfg.training.resume = str(tmp_path / "parts" / f"{cfg.output_name}-state")
     second = _train(cfg)
     assert second.steps == whole.steps and not second.stopped

@@ -242,3 +242,37 @@ def test_a_validation_folder_without_images_is_refused_before_the_model(tmp_path
     with pytest.raises(DatasetError, match="validation_dir"):
         run_training(cfg, NoModel())
     assert not (tmp_path / "out").exists()
+
+
+def test_keep_best_validation_keeps_the_weights_of_the_lowest_validation_loss(tmp_path):
+    """<name>-best holds the weights of the step with the lowest validation loss: measured again from
+    the file, the loss is that minimum; it is refused without validation and when a file of that name
+    exists (the user's), and a resumed run goes on from the best loss it had."""
+    from safetensors.torch import load_file
+
+    from extensions_lib.config import ConfigError
+
+    _distinct_images(tmp_path / "d" / "2_sks", 6)
+    cfg = quick_config(tmp_path / "d", tmp_path / "o", data__validation_split=0.34, training__max_train_steps=12,
+                       training__validate_every_n_steps=2, training__learning_rate=2e-2,
+                       output__keep_best_validation=True, output__save_precision="fp32")
+    rec = _Rec()
+    result = run_training(cfg, StandaloneHost(tiny_bundle()), callbacks=rec)
+    best_step, best = min(rec.val, key=lambda sv: (sv[1], sv[0]))
+    improvements = [s for i, (s, v) in enumerate(rec.val) if v < min([math.inf] + [w for _, w in rec.val[:i]])]
+    assert len(improvements) >= 2, rec.val        # the file was written, then replaced
+    path = tmp_path / "o" / "test_lora-best.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert float(meta["ss_validation_loss"]) == pytest.approx(best, rel=1e-6)
+    assert meta["ss_steps"] == str(best_step)
+    assert result.saved.count(path) == 1
+    if best_step == result.steps:                 # the final weights were the best: the same tensors
+        final = load_file(str(result.output_path))
+        assert all(torch.equal(final[k], v) for k, v in load_file(str(path)).items())
+
+    off = quick_config(tmp_path / "d", tmp_path / "o2", output__keep_best_validation=True)
+    with pytest.raises(ConfigError, match="output.keep_best_validation"):
+        run_training(off, StandaloneHost(tiny_bundle()))
+    with pytest.raises(Exception, match="test_lora-best"):          # the file is there now: not replaced
+        run_training(cfg, StandaloneHost(tiny_bundle()))

@@ -175,6 +175,9 @@ class OutputConfig:
                                   "training.resume.")
     keep_last_n_states: int = opt(1, "How many training states to keep (older ones are named <name>-state-<step>).",
                                   min=1, max=1000)
+    keep_best_validation: bool = opt(False, "With a validation loss (data.validation_split or data.validation_dir): "
+                                            "also keep <name>-best, the weights at the lowest validation loss so "
+                                            "far (replaced each time it improves).")
     overwrite: bool = opt(False, "Replace existing files of the same name.")
     comment: str = opt("", "Free text stored in the file's metadata (ss_training_comment); at most 64 KiB.")
     trigger_words: str = opt("", "Activation text written beside the LoRA (shown by the WebUI); at most 4 KiB.")

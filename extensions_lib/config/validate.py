@@ -87,6 +87,10 @@ def check_relations(cfg: "TrainConfig", problems: list[ConfigProblem]) -> None:
     if name_error:
         add("output.name", cfg.output_name, name_error)
     _check_initial_weights(cfg, add)
+    if cfg.output.keep_best_validation is True and not (
+            d.validation_split or (isinstance(d.validation_dir, str) and d.validation_dir.strip())):
+        add("output.keep_best_validation", True, "needs a validation loss: set data.validation_split (e.g. 0.1) "
+                                                 "or data.validation_dir, or turn this off")
     if n.method == "embedding":
         _check_embedding(cfg, add)
     if n.method == "hypernetwork":

@@ -59,6 +59,7 @@ def output_path(
     *,
     epoch: int | None = None,
     step: int | None = None,
+    best: bool = False,
     ext: str = ".safetensors",
 ) -> str:
     """`<folder>/<name><ext>` for the final file; intermediate saves follow sd-scripts
@@ -69,8 +70,8 @@ def output_path(
         raise ValueError(error)
     if not ext.startswith(".") or len(ext) < 2 or any(c in ext for c in _RESERVED_CHARS):
         raise ValueError(f"ext must look like '.safetensors', got {ext!r}")
-    if epoch is not None and step is not None:
-        raise ValueError("give epoch or step for an intermediate save, not both")
+    if sum((epoch is not None, step is not None, bool(best))) > 1:
+        raise ValueError("give one of epoch, step or best for an intermediate save")
     for field, value in (("epoch", epoch), ("step", step)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ValueError(f"{field} must be a non-negative int, got {value!r}")
@@ -78,6 +79,8 @@ def output_path(
         stem = f"{name}-{epoch:06d}"
     elif step is not None:
         stem = f"{name}-step{step:08d}"
+    elif best:
+        stem = f"{name}-best"    # the lowest validation loss so far (output.keep_best_validation)
     else:
         stem = name
     return os.path.join(os.fspath(folder), stem + ext)

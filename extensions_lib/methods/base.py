@@ -73,11 +73,13 @@ class Method(ABC):
     def save(self, path: Path, info: SaveInfo, *, overwrite: bool) -> Path:
         """Write the learned state to `path` atomically (never a half-written file)."""
 
-    def file_path(self, folder: Path, name: str, *, epoch: int | None = None, step: int | None = None) -> Path:
-        """Where a save goes: `name.ext` for the final file, sd-scripts' names for intermediate ones."""
+    def file_path(self, folder: Path, name: str, *, epoch: int | None = None, step: int | None = None,
+                  best: bool = False) -> Path:
+        """Where a save goes: `name.ext` for the final file, sd-scripts' names for intermediate ones,
+        `name-best.ext` for the lowest validation loss."""
         from ..export.naming import output_path
 
-        return Path(output_path(folder, name, epoch=epoch, step=step, ext=self.file_suffix))
+        return Path(output_path(folder, name, epoch=epoch, step=step, best=best, ext=self.file_suffix))
 
     @abstractmethod
     def prompt_usage(self, name: str) -> str:

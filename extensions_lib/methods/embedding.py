@@ -182,12 +182,13 @@ class EmbeddingMethod(Method):
         self._tokenizer = None
         self.bundle = None
 
-    def file_path(self, folder: Path, name: str, *, epoch: int | None = None, step: int | None = None) -> Path:
+    def file_path(self, folder: Path, name: str, *, epoch: int | None = None, step: int | None = None,
+                  best: bool = False) -> Path:
         """Step saves are `<name>-<step>` as the WebUI's own trainer names them (the file name is
         the prompt word the WebUI lists)."""
         if step is not None:
             return super().file_path(folder, f"{name}-{step}")
-        return super().file_path(folder, name, epoch=epoch)
+        return super().file_path(folder, name, epoch=epoch, best=best)
 
     def param_groups(self) -> list[dict]:
         # no weight decay: it would pull the new word toward the zero vector (the WebUI uses 0 too)

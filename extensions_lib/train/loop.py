@@ -168,6 +168,7 @@ class Trainer:
         # the held-out images (a DatasetScan, from validation_scans); their Validation is set up by run()
         self.validation_scan = validation_scan
         self.validation: Optional[Validation] = None
+        self.best_loss = math.inf      # the lowest validation loss, for output.keep_best_validation
 
     # -- pieces -----------------------------------------------------------------------------
     def _conditioner(self) -> TextConditioner:
@@ -209,7 +210,8 @@ class Trainer:
         # a resumed run replaces its own earlier files (the final file written when it was stopped)
         self.method.save(path, info, overwrite=self.cfg.output.overwrite or path.name in self._own_files)
         self._own_files.add(path.name)
-        self.saved.append(path)
+        if path not in self.saved:      # <name>-best is written again each time it improves
+            self.saved.append(path)
         self.cb.on_saved(path, final)
         return path
 
@@ -245,6 +247,8 @@ class Trainer:
         info = dict(snapshot["info"], written=sorted(self._own_files))
         if self.validation:    # a stopped run measures once more after its snapshot: that point is kept too
             info["val_losses"] = [[s, v] for s, v in self.validation.losses if s <= info["step"]][-1000:]
+            if math.isfinite(self.best_loss):
+                info["best_val_loss"] = self.best_loss
         folder = state_dir(self.output_dir, self.cfg.output_name)
         self.cb.on_status(f"Saving the training state to {folder}…")
         write_state(folder, params=params, tensors=snapshot["tensors"], info=info,
@@ -286,18 +290,24 @@ class Trainer:
                                      clip_skip=self.clip_skip, autocast_dtype=self.autocast)
         if self.resume:
             self.validation.losses = [(int(s), float(v)) for s, v in self.resume.info.get("val_losses", [])]
+            self.best_loss = float(self.resume.info.get("best_val_loss", math.inf))
         self.cb.on_status(f"validation: {self.validation.num_images} held-out image(s), "
                           f"{self.dataset.num_train_samples} training samples per epoch")
         if self.dist.is_main:
             self.validation.cache_latents()
 
-    def _validate(self, step: int) -> None:
+    def _validate(self, step: int, epoch: int) -> None:
         v = self.validation
         if v is None or not self.dist.is_main or (v.losses and v.losses[-1][0] == step):
             return
         loss = v.measure(self.method, step)
         self.cb.on_validation(step, loss)
         self.cb.on_status(f"validation loss at step {step}: {loss:.5g}")
+        if self.cfg.output.keep_best_validation and math.isfinite(loss) and loss < self.best_loss:
+            # <name>-best: replaced each time the loss improves; its metadata holds this loss and step
+            self.best_loss = loss
+            self._save(step=step, epoch=epoch, final=False, label={"best": True})
+            self.cb.on_status(f"lowest validation loss so far, {loss:.5g} at step {step}: kept as <name>-best")
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -451,7 +461,7 @@ class Trainer:
                     elif save_now:
                         self._save_requested(step=step, epoch=epoch)
                     if self.validation and fixed_step(cfg, step, epoch_end=False):
-                        self._validate(step)    # before the save, so the file records it
+                        self._validate(step, epoch)    # before the save, so the file records it
                     if (cfg.sample.every_n_steps and step % cfg.sample.every_n_steps == 0) or sample_now:
                         self._preview(step)
                     if step_save:    # after the preview: a resumed run goes on from here
@@ -459,7 +469,7 @@ class Trainer:
                 if stopped or step >= total_steps:
                     break
                 if self.validation and fixed_step(cfg, step, epoch_end=True):
-                    self._validate(step)
+                    self._validate(step, epoch)
                 epoch_save = bool(cfg.output.save_every_n_epochs and epoch % cfg.output.save_every_n_epochs == 0)
                 if epoch_save:
                     self._save(step=step, epoch=epoch, final=False, label={"epoch": epoch})
@@ -471,7 +481,7 @@ class Trainer:
                                       params)
             self.dist.assert_in_sync(params)
             # the final file also holds what was learned when the user pressed stop
-            self._validate(step)
+            self._validate(step, epoch)
             self._preview(step)
             final = self._save(step=step, epoch=epoch, final=True, label={})
             # the state as it was when the loop ended (before the final preview drew any randomness)

@@ -6,6 +6,7 @@ leaves anything behind.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -136,6 +137,9 @@ def check_output(cfg: TrainConfig, host: Host, method, plan: SavePlan, *,
             clashes.append(state)    # a state of another run would be replaced
         if resume:
             clashes = [p for p in clashes if p.name not in set(resume.written)]
+        best = method.file_path(folder, cfg.output_name, best=True)
+        if cfg.output.keep_best_validation and os.path.lexists(best) and not (resume and best.name in resume.written):
+            clashes.append(best)
         final = method.file_path(folder, cfg.output_name)
         if clashes == [final]:
             raise OutputExistsError(final)

@@ -64,6 +64,7 @@ LABELS = {
     "output.save_every_n_epochs": "Save every N epochs",
     "output.save_every_n_steps": "Save every N steps",
     "output.comment": "Comment (metadata)",
+    "output.keep_best_validation": "Keep the best validation file",
 }
 
 

@@ -28,7 +28,8 @@ LAYOUT: dict[str, dict[str, list[list[str]]]] = {
                      ["data.bucket_no_upscale", "data.random_crop", "data.flip_aug", "data.cache_latents_to_disk"],
                      ["data.shuffle_caption", "data.keep_tokens", "data.max_token_length"],
                      ["data.caption_dropout_rate", "data.caption_tag_dropout_rate", "data.prior_loss_weight"],
-                     ["data.validation_split", "data.validation_dir", "training.validate_every_n_steps"]],
+                     ["data.validation_split", "data.validation_dir", "training.validate_every_n_steps",
+                      "output.keep_best_validation"]],
     },
     "Network": {
         "rows": [["network.dim", "network.alpha", "network.conv_dim", "network.conv_alpha"],
