@@ -33,7 +33,8 @@ _INTS = ("repeats", "width", "height", "class_images", "class_steps")
 
 def _message(text: str, ok: bool) -> str:
     kind = "ok" if ok else "error"
-    return (f'<div class="trainer-{kind}" id="{ELEM}_msg_{kind}">'
+    # trainer-ext-*: the tab's own message colours (style.css); trainer-*: what tests look for
+    return (f'<div class="trainer-ext-{kind} trainer-{kind}" id="{ELEM}_msg_{kind}">'
             f'<pre style="white-space: pre-wrap; overflow-wrap: anywhere">{html.escape(text)}</pre></div>')
 
 
