@@ -304,3 +304,15 @@ def test_class_prompts_from_the_training_captions_leave_the_trigger_word_out(tmp
     assert prompts == ["dog, red dog, sitting", "dog, blue dog, running", "dog, red dog, sitting"]
     made = captions_of(report.class_dir)
     assert sorted(made.values()) == sorted(prompts) and not any("sks" in p for p in prompts)
+
+
+def test_the_standalone_server_says_why_captions_and_class_images_need_the_webui(tmp_path):
+    from extensions_lib.ui.standalone import CheckpointHost
+
+    host = CheckpointHost(output_root=tmp_path)
+    reasons = host.captioners()
+    assert set(reasons) == {"blip", "deepbooru", "wd14"}
+    assert all("need the AUTOMATIC1111 WebUI" in r for r in reasons.values())
+    assert "need the WebUI's txt2img" in host.image_generation_refusal()
+    _, note = PrepareHandlers(host).captioner_choices()
+    assert "need the AUTOMATIC1111 WebUI" in note

@@ -80,6 +80,19 @@ class CheckpointHost(Host):
     def describe(self) -> dict:
         return {"host": "standalone", "output_root": str(self.output_root)}
 
+    # Prepare: the standalone host's answers (crops work; captions and class images need the WebUI)
+    def captioners(self) -> dict[str, str]:
+        return StandaloneHost().captioners()
+
+    def captioner(self, name: str):
+        return StandaloneHost().captioner(name)
+
+    def image_generation_refusal(self) -> str:
+        return StandaloneHost().image_generation_refusal()
+
+    def generate_images(self, requests, progress):
+        return StandaloneHost().generate_images(requests, progress)
+
 
 def _asset(rel: str) -> str:
     p = ASSETS / rel
