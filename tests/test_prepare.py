@@ -152,9 +152,13 @@ def test_class_images_land_with_captions_under_the_queue_lock_and_existing_ones_
     (dict(make_class_images=True, class_images=-5), "prepare.class_images"),
     (dict(make_class_images=True, class_images=0), "prepare.class_images"),
     (dict(make_class_images=True, class_cfg_scale=0.0), "prepare.class_cfg_scale"),
+    (dict(token="a,b"), "prepare.token"),
+    (dict(source_dir="FILE"), "a file, not a folder"),
 ])
 def test_bad_requests_are_refused_naming_the_field_before_any_file_is_written(tmp_path, overrides, field):
     raw_pictures(tmp_path / "raw")
+    if overrides.get("source_dir") == "FILE":
+        overrides = dict(source_dir=str(tmp_path / "raw" / "p0.jpg"))
     with pytest.raises(PrepareError, match=field.replace(".", r"\.")):
         run_prepare(request(tmp_path, **overrides), A1111Host())
     assert not (tmp_path / "dataset").exists()
@@ -249,6 +253,8 @@ def test_rest_prepare_and_tags(tmp_path, model_loaded):
     assert again.status_code == 422 and "never overwritten" in again.json()["error"]
     assert client.post("/trainer/v1/prepare", json=dict(body, colour="red")).status_code == 422
     assert client.post("/trainer/v1/prepare", json=[1]).status_code == 422
+    wrong_type = client.post("/trainer/v1/prepare", json=dict(body, width="512", dataset_dir=str(tmp_path / "x")))
+    assert wrong_type.status_code == 422 and "prepare.width" in wrong_type.json()["error"]
 
     folder = report["folder"]
     freq = client.post("/trainer/v1/tags", json={"folder": folder}).json()["tags"]

@@ -26,6 +26,7 @@ from .images import (ImageOptions, PreparedImages, PrepareError, prepare_images,
                      write_atomic)
 
 EXISTING = tag_edit.EXISTING_CAPTION_MODES
+_KIND_NAMES = {str: "a text", int: "a whole number", float: "a number", bool: "true or false"}
 CLASS_FOLDER_REPEATS = 1
 
 
@@ -56,10 +57,17 @@ class PrepareRequest:
 
     @classmethod
     def from_dict(cls, values: dict) -> "PrepareRequest":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        """A request from JSON-like values, each checked against its field's type (named when wrong)."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise PrepareError(f"unknown prepare option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        for name, value in values.items():
+            kind = type(known[name].default)
+            fits = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+                    or kind is float and isinstance(value, int) and not isinstance(value, bool))
+            if not fits:
+                raise PrepareError(f"prepare.{name} = {value!r}: give {_KIND_NAMES[kind]}")
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -118,7 +126,11 @@ def check_request(req: PrepareRequest, host: Host, focal_crop=None) -> None:
         raise PrepareError("prepare.source_dir is empty: give the folder of raw pictures")
     src = Path(req.source_dir.strip())
     if not src.is_dir():
-        raise PrepareError(f"prepare.source_dir = {str(src)!r}: no such folder")
+        what = "a file, not a folder" if src.exists() else "no such folder"
+        raise PrepareError(f"prepare.source_dir = {str(src)!r}: {what}; give the folder of raw pictures")
+    if any(c in req.token for c in ",\n\r"):
+        raise PrepareError(f"prepare.token = {req.token!r}: one word or phrase without commas (it becomes the "
+                           "first tag of every caption)")
     if not req.dataset_dir.strip():
         raise PrepareError("prepare.dataset_dir is empty: give the training folder the prepared images go into "
                            "(it is what Dataset folder names when you train)")
