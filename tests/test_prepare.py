@@ -321,4 +321,6 @@ def test_the_standalone_server_says_why_captions_and_class_images_need_the_webui
     assert all("need the AUTOMATIC1111 WebUI" in r for r in reasons.values())
     assert "need the WebUI's txt2img" in host.image_generation_refusal()
     _, note = PrepareHandlers(host).captioner_choices()
-    assert "need the AUTOMATIC1111 WebUI" in note
+    assert note == "not available here: blip, deepbooru, wd14 (Prepare with one says why)"
+    _, note = PrepareHandlers(A1111Host()).captioner_choices()      # the WebUI without the WD14 extension
+    assert "wd14" in note.lower() and "install the WD14 tagger extension" in note

@@ -46,8 +46,13 @@ class PrepareHandlers:
 
     def captioner_choices(self) -> tuple[list[str], str]:
         """(choices, note): every captioner is listed; the note says why one cannot be used here."""
-        reasons = self.host.captioners()
-        note = "; ".join(r for r in reasons.values() if r)
+        missing = {name: why for name, why in self.host.captioners().items() if why}
+        if len(missing) == 1:
+            note = next(iter(missing.values()))
+        elif missing:
+            note = f"not available here: {', '.join(missing)} (Prepare with one says why)"
+        else:
+            note = ""
         return [NONE] + list(CAPTIONERS), note
 
     def request(self, values) -> PrepareRequest:
