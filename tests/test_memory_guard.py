@@ -321,3 +321,49 @@ def test_one_data_parallel_process_out_of_memory_stops_both_without_a_hang(tmp_p
     assert r.stderr.count("training ran out of memory at step 2") == 2, r.stderr[-4000:]
     assert "Tried to allocate 2.00 GiB" in r.stderr and "another data-parallel process" in r.stderr
     assert not (tmp_path / "out" / "test_lora.safetensors").exists()
+
+
+def test_a_stop_seen_by_one_data_parallel_process_stops_both_at_the_same_step(tmp_path):
+    """Ctrl-C reaches each process at its own moment: here only the second process sees the request,
+    after its 2nd step. Both stop after that step (none waits in an all-reduce), the main process saves,
+    and the weights are checked identical as at any end."""
+    import os
+    import subprocess
+    import textwrap
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from extensions_lib.model.tiny import tiny_ldm_state_dict
+
+    from helpers import TOKENIZER_DIR
+
+    sd, _ = tiny_ldm_state_dict(TOKENIZER_DIR)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "tiny.safetensors"))
+    cfg = _config(tmp_path, n_images=8)
+    cfg.model.checkpoint, cfg.model.tokenizer = str(tmp_path / "tiny.safetensors"), str(TOKENIZER_DIR)
+    cfg.save_toml(tmp_path / "train.toml")
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent("""
+        import os, runpy, sys
+        import extensions_lib.train.events as events
+        reads = []
+        class Commands(events.Commands):
+            @property
+            def stop_requested(self):
+                # read once before training, then once after each step: true after step 2, on rank 1 only
+                reads.append(1)
+                return os.environ.get("RANK") == "1" and len(reads) >= 3
+        events.Commands = Commands
+        sys.argv = ["extensions_lib", "train", sys.argv[1]]
+        runpy.run_module("extensions_lib", run_name="__main__")
+    """), encoding="utf-8")
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    r = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no", str(driver), str(tmp_path / "train.toml")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    assert "stopped early, saved" in r.stdout
+    with safe_open(str(tmp_path / "out" / "test_lora.safetensors"), "pt") as f:
+        assert f.metadata()["ss_steps"] == "2"

@@ -31,7 +31,7 @@ from .text import TextConditioner
 from .validation import Validation, fixed_step, untouched_rng
 
 
-# what stops a step, by precedence (Dist.worst): a process out of memory, a NaN/inf loss
+# what fails a step, by precedence (Dist.highest): a process out of memory, a NaN/inf loss
 NON_FINITE, OOM = 1, 2
 
 
@@ -66,16 +66,17 @@ class Dist:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
 
-    def worst(self, code: int, device: torch.device) -> int:
-        """The highest of every process's `code` (0 = fine; see NON_FINITE, OOM), on every process: one
-        all-reduce decides a step's stop for all of them, whichever process met the problem."""
+    def highest(self, codes: list[int], device: torch.device) -> list[int]:
+        """Each of `codes` as its highest value over every process, on every process: one all-reduce
+        makes a step's decisions (stop after it, or fail with NON_FINITE / OOM) the same everywhere,
+        whichever process met the problem or got the signal."""
         if self.num_processes == 1:
-            return code
+            return list(codes)
         import torch.distributed as dist
 
-        t = torch.tensor([code], dtype=torch.int64, device=device)
+        t = torch.tensor(codes, dtype=torch.int64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return int(t.item())
+        return [int(x) for x in t.tolist()]
 
     def any_process(self, flag: bool, device: torch.device) -> bool:
         """True on every process when `flag` is true on any: a stop decided alone would leave the
@@ -405,7 +406,7 @@ class Trainer:
                     micro += 1
                     if not bad_loss and micro % accum and i != len(batches) - 1:
                         continue
-                    failure = self.dist.worst(OOM if oom else NON_FINITE if bad_loss else 0, self.device)
+                    failure, = self.dist.highest([OOM if oom else NON_FINITE if bad_loss else 0], self.device)
                     if failure == OOM:
                         raise DataParallelOutOfMemory(oom or "another data-parallel process ran out of memory")
                     if failure == NON_FINITE:
@@ -444,7 +445,9 @@ class Trainer:
                                              eta_s=elapsed / (step - first_step) * (total_steps - step)))
                     here = dict(step=step, epoch=epoch, batches_done=i + 1, gen=gen, optimizer=optimizer,
                                 lr_schedule=lr_schedule, losses=losses)
-                    if self.commands.stop_requested:
+                    # shared: a signal reaches each process at its own moment, and a process leaving the
+                    # loop alone would leave the others waiting in the next all-reduce
+                    if self.dist.any_process(self.commands.stop_requested, self.device):
                         stopped = True
                         snapshot = self._snapshot(**here)
                         break
