@@ -279,3 +279,39 @@ def test_a_state_holds_no_file_the_webui_model_lists_would_load_and_format_1_sti
     (state / "trainer.json").write_text(json.dumps(dict(info, format=1)), encoding="utf-8")
     cfg.training.resume = str(state)
     _assert_bitwise_equal(whole.output_path, _train(cfg).output_path)
+
+
+def _accelerate(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    return subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "extensions_lib", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_a_data_parallel_run_resumes_bitwise_under_the_same_number_of_processes(tmp_path):
+    """2 CPU processes (accelerate, gloo): the run resumed from its step-4 state ends bitwise equal to the
+    run that went on; each process gets back its own generators. One process cannot resume it."""
+    sd, _ = tiny_ldm_state_dict(TOKENIZER_DIR)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "tiny.safetensors"))
+    cfg = _config(tmp_path, "whole", training__max_train_epochs=2, output__save_state=True,
+                  output__save_every_n_steps=2, output__keep_last_n_states=4)
+    cfg.model.checkpoint, cfg.model.tokenizer = str(tmp_path / "tiny.safetensors"), str(TOKENIZER_DIR)
+    cfg.save_toml(tmp_path / "whole.toml")
+    r = _accelerate(["train", str(tmp_path / "whole.toml")], tmp_path)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    state4 = tmp_path / "whole" / f"{cfg.output_name}-state-00000004"
+    info = json.loads((state4 / "trainer.json").read_text(encoding="utf-8"))
+    assert info["num_processes"] == 2 and len(info["rng_ranks"]) == 2 and info["step"] == 4
+
+    cfg.output.output_dir = str(tmp_path / "resumed")
+    cfg.training.resume = str(state4)
+    cfg.save_toml(tmp_path / "resumed.toml")
+    r = _accelerate(["train", str(tmp_path / "resumed.toml")], tmp_path)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    assert "resuming at step 4" in r.stdout + r.stderr
+    _assert_bitwise_equal(tmp_path / "whole" / f"{cfg.output_name}.safetensors",
+                          tmp_path / "resumed" / f"{cfg.output_name}.safetensors")
+
+    with pytest.raises(ConfigError, match="2 data-parallel process"):
+        run_training(cfg, StandaloneHost(tiny_bundle()))

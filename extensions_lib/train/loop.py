@@ -66,6 +66,16 @@ class Dist:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
 
+    def gather_objects(self, obj) -> list:
+        """`obj` of every process, by process index, on every process (small picklable values)."""
+        if self.num_processes == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.num_processes
+        dist.all_gather_object(out, obj)
+        return out
+
     def highest(self, codes: list[int], device: torch.device) -> list[int]:
         """Each of `codes` as its highest value over every process, on every process: one all-reduce
         makes a step's decisions (stop after it, or fail with NON_FINITE / OOM) the same everywhere,
@@ -229,9 +239,16 @@ class Trainer:
     def _snapshot(self, *, step: int, epoch: int, batches_done: int, gen: torch.Generator, optimizer,
                   lr_schedule, losses: list[float]) -> Optional[dict]:
         """What a state holds at this point (RNGs as they are now); None when states are off."""
-        if not (self.cfg.output.save_state and self.state_facts is not None and self.dist.is_main):
+        if not (self.cfg.output.save_state and self.state_facts is not None):
             return None
         tensors, plain = capture_rng(gen, self.method)
+        if self.dist.num_processes > 1:
+            # each process draws its own noise, dropout and data: the state keeps every process's generators
+            everyone = self.dist.gather_objects((tensors, plain))
+            tensors = dict(tensors, rng_ranks=[t for t, _ in everyone])
+            plain = dict(plain, rng_ranks=[p for _, p in everyone], num_processes=self.dist.num_processes)
+        if not self.dist.is_main:
+            return None
         tensors.update(optimizer=optimizer.state_dict(), scheduler=lr_schedule.state_dict())
         return {"tensors": tensors, "info": dict(plain, step=step, epoch=epoch, batches_done=batches_done,
                                                  losses=losses[-1000:], model=self._model_identity())}
@@ -353,7 +370,7 @@ class Trainer:
         snapshot = None
         if self.resume:
             # last, so nothing above draws from the restored generators
-            restore_rng(self.resume, gen, method)
+            restore_rng(self.resume, gen, method, rank=self.dist.process_index)
             was, now = self.resume.info.get("model") or {}, self._model_identity()
             if was.get("hash") and now["hash"] and was["hash"] != now["hash"]:
                 # the WebUI's model is not part of the config: say so rather than refuse a renamed file

@@ -131,9 +131,9 @@ def _refuse(path, why: str) -> ConfigError:
     return ConfigError([ConfigProblem("training.resume", str(path), why)])
 
 
-def read_state(cfg: TrainConfig, data_scan) -> ResumeState:
+def read_state(cfg: TrainConfig, data_scan, num_processes: int = 1) -> ResumeState:
     """The state named by training.resume, refused (naming what) when it is missing, incomplete, of
-    another dataset or of a run shaped differently."""
+    another dataset, of a run shaped differently or of another number of data-parallel processes."""
     folder = Path(cfg.training.resume.strip()).expanduser()
     if not folder.is_dir():
         raise _refuse(folder, "not a folder: name a training state folder (<name>-state in the output folder, "
@@ -157,6 +157,14 @@ def read_state(cfg: TrainConfig, data_scan) -> ResumeState:
     if change:
         raise _refuse(folder, f"the dataset changed since this state was saved ({change}); a resumed run "
                               "must train on the same files: restore them or start a new run")
+    saved_processes = int(info.get("num_processes", 1))
+    if saved_processes != num_processes:
+        raise _refuse(folder, f"this state was written by a run of {saved_processes} data-parallel process(es), "
+                              f"this run has {num_processes}: each process's data shard and random generators "
+                              f"are in the state, so resume with {saved_processes} (accelerate launch "
+                              f"--num_processes {saved_processes})" if saved_processes > 1 else
+                              f"this state was written by a run of one process, this run has {num_processes}: "
+                              "resume it in one process (without accelerate launch)")
     return ResumeState(folder, info)
 
 
@@ -192,8 +200,12 @@ def capture_rng(generator: torch.Generator, method) -> tuple[dict, dict]:
     return tensors, plain
 
 
-def restore_rng(state: ResumeState, generator: torch.Generator, method) -> None:
+def restore_rng(state: ResumeState, generator: torch.Generator, method, rank: int = 0) -> None:
+    """Every generator as the state holds it; a data-parallel state holds one set per process
+    (rng_ranks), and each process takes its own."""
     t, info = state.tensors, state.info
+    if "rng_ranks" in t:
+        t, info = t["rng_ranks"][rank], info["rng_ranks"][rank]
     torch.set_rng_state(t["rng_torch"])
     generator.set_state(t["rng_noise"])
     if "rng_cuda" in t and torch.cuda.is_available():

@@ -101,10 +101,7 @@ def check_run(cfg: TrainConfig, host: Host, *, check_images: bool = True, num_pr
     method = make_method(cfg)
     resume = None
     if cfg.training.resume.strip():
-        if num_processes > 1:
-            raise ConfigError([ConfigProblem("training.resume", cfg.training.resume,
-                                             "a run resumes in one process: leave it empty under accelerate")])
-        resume = read_state(cfg, data_scan)
+        resume = read_state(cfg, data_scan, num_processes)
     # held-out validation images are refused now if there are none, and are not counted as steps
     trained_scan, validation_scan = validation_scans(cfg, data_scan)
     check_output(cfg, host, method, save_plan(cfg, trained_scan, num_processes), resume=resume)
