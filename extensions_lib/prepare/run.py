@@ -150,8 +150,7 @@ def check_request(req: PrepareRequest, host: Host, focal_crop=None) -> None:
         raise PrepareError("prepare.mode = focal needs the WebUI's auto focal-point crop, which this host lacks: "
                            "use center or auto_size")
     if req.make_class_images:
-        if not isinstance(req.class_images, int) or req.class_images < -1 or req.class_images in (0,) \
-                or req.class_images > 10000:
+        if req.class_images == 0 or not -1 <= req.class_images <= 10000:
             raise PrepareError(f"prepare.class_images = {req.class_images!r}: -1 for as many as the training "
                                "images, or a count from 1 to 10000")
         if not req.class_word.strip():
@@ -188,7 +187,7 @@ def run_prepare(req: PrepareRequest, host: Host, *, on_status: Callable[[str], N
         edited = tag_edit.add_prefix(req.subset_dir, req.token.strip())
         if edited.changed:
             report.notes.append(f"trigger word {req.token.strip()!r} put first in {len(edited.changed)} caption(s)")
-    if req.make_class_images and not report.stopped:
+    if req.make_class_images:
         _class_images(req, host, report, on_status, should_stop)
     return report
 
