@@ -1,7 +1,10 @@
 """Shared test helpers: tiny models, small image datasets, quick configs."""
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +55,31 @@ def quick_config(train_dir: Path, out_dir: Path, method: str = "lora", **overrid
         section, key = dotted.split("__")
         setattr(getattr(cfg, section), key, value)
     return cfg
+
+
+def on_tiny_checkpoint(cfg: TrainConfig, folder: Path) -> TrainConfig:
+    """`cfg` pointed at a tiny random checkpoint written to `folder/tiny.safetensors` (with the test
+    tokenizer): what a command-line run loads."""
+    from safetensors.torch import save_file
+
+    from extensions_lib.model.tiny import tiny_ldm_state_dict
+
+    sd, _ = tiny_ldm_state_dict(TOKENIZER_DIR)
+    path = Path(folder) / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    cfg.model.checkpoint, cfg.model.tokenizer = str(path), str(TOKENIZER_DIR)
+    return cfg
+
+
+def accelerate_launch(args: list, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`accelerate launch` of 2 CPU processes over gloo (`--multi_gpu` is its torchrun launcher; on a
+    machine without GPUs `--cpu` alone would start one process), running `args` (a script and its
+    arguments, or `-m extensions_lib ...`)."""
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), HF_HUB_OFFLINE="1")
+    return subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", *map(str, args)],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_refused(cfg: TrainConfig, field: str, value) -> None:

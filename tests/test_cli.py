@@ -7,27 +7,15 @@ import sys
 from pathlib import Path
 
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from extensions_lib.model.tiny import tiny_ldm_state_dict
-
-from helpers import TOKENIZER_DIR, make_images, quick_config
+from helpers import accelerate_launch, make_images, on_tiny_checkpoint, quick_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _checkpoint(tmp_path: Path) -> Path:
-    sd, _ = tiny_ldm_state_dict(TOKENIZER_DIR)
-    path = tmp_path / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
-    return path
-
-
 def _config(tmp_path: Path, **overrides) -> Path:
     make_images(tmp_path / "data" / "1_sks", n=4)
-    cfg = quick_config(tmp_path / "data", tmp_path / "out", "lora", **overrides)
-    cfg.model.checkpoint = str(_checkpoint(tmp_path))
-    cfg.model.tokenizer = str(TOKENIZER_DIR)
+    cfg = on_tiny_checkpoint(quick_config(tmp_path / "data", tmp_path / "out", "lora", **overrides), tmp_path)
     path = tmp_path / "train.toml"
     cfg.save_toml(path)
     return path
@@ -76,9 +64,7 @@ def test_data_parallel_two_cpu_processes(tmp_path):
     processes need MPI there); `--multi_gpu` is its torchrun launcher, which on CPU-only torch gives
     a gloo process group of N CPU processes."""
     cfg = _config(tmp_path, training__max_train_epochs=2)
-    accelerate = Path(sys.executable).parent / "accelerate"
-    r = _run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "extensions_lib", "train", str(cfg)])
+    r = accelerate_launch(["-m", "extensions_lib", "train", cfg], tmp_path)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     # only the main process writes (the card picture is a thumbnail of the training images)

@@ -18,7 +18,7 @@ from extensions_lib.train.memory import GIB, OutOfMemoryTrainingError, estimate_
 from extensions_lib.train.session import run_training
 from extensions_lib.ui.job import TrainingJob
 
-from helpers import make_images, quick_config, tiny_bundle
+from helpers import accelerate_launch, make_images, on_tiny_checkpoint, quick_config, tiny_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 STEP2 = "test_lora-step00000002.safetensors"
@@ -279,28 +279,25 @@ def test_the_webui_model_is_bit_identical_after_out_of_memory(tmp_path, monkeypa
         fw.reset(tmp_path / "webui")
 
 
+def _two_processes_with(tmp_path: Path, cfg, patch: str):
+    """`python -m extensions_lib train` of `cfg` (on a tiny checkpoint) in 2 data-parallel processes,
+    each running the Python `patch` first (it reads RANK to act in one process only)."""
+    import textwrap
+
+    on_tiny_checkpoint(cfg, tmp_path).save_toml(tmp_path / "train.toml")
+    driver = tmp_path / "driver.py"
+    driver.write_text("import os, runpy, sys\n" + textwrap.dedent(patch) + textwrap.dedent("""
+        sys.argv = ["extensions_lib", "train", sys.argv[1]]
+        runpy.run_module("extensions_lib", run_name="__main__")
+    """), encoding="utf-8")
+    return accelerate_launch([driver, tmp_path / "train.toml"], tmp_path, timeout=600)
+
+
 def test_one_data_parallel_process_out_of_memory_stops_both_without_a_hang(tmp_path):
     """Under `accelerate launch` (2 CPU processes over gloo), the second process's forward runs out of
     memory at its second micro-batch: both processes stop with the message (none waits forever in the
     next all-reduce), and no final file is written."""
-    import os
-    import subprocess
-    import textwrap
-
-    from safetensors.torch import save_file
-
-    from extensions_lib.model.tiny import tiny_ldm_state_dict
-
-    from helpers import TOKENIZER_DIR
-
-    sd, _ = tiny_ldm_state_dict(TOKENIZER_DIR)
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "tiny.safetensors"))
-    cfg = _config(tmp_path)
-    cfg.model.checkpoint, cfg.model.tokenizer = str(tmp_path / "tiny.safetensors"), str(TOKENIZER_DIR)
-    cfg.save_toml(tmp_path / "train.toml")
-    driver = tmp_path / "driver.py"
-    driver.write_text(textwrap.dedent(f"""
-        import os, runpy, sys
+    r = _two_processes_with(tmp_path, _config(tmp_path), f"""
         import extensions_lib.train.loop as loop
         real, calls = loop.denoising_loss, []
         def loss(*a, **k):
@@ -309,14 +306,7 @@ def test_one_data_parallel_process_out_of_memory_stops_both_without_a_hang(tmp_p
                 raise RuntimeError({CUDA_OOM!r})
             return real(*a, **k)
         loop.denoising_loss = loss
-        sys.argv = ["extensions_lib", "train", sys.argv[1]]
-        runpy.run_module("extensions_lib", run_name="__main__")
-    """), encoding="utf-8")
-    accelerate = Path(sys.executable).parent / "accelerate"
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
-    r = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                        "--mixed_precision", "no", "--dynamo_backend", "no", str(driver), str(tmp_path / "train.toml")],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    """)
     assert r.returncode != 0, r.stdout[-2000:]
     assert r.stderr.count("training ran out of memory at step 2") == 2, r.stderr[-4000:]
     assert "Tried to allocate 2.00 GiB" in r.stderr and "another data-parallel process" in r.stderr
@@ -327,25 +317,9 @@ def test_a_stop_seen_by_one_data_parallel_process_stops_both_at_the_same_step(tm
     """Ctrl-C reaches each process at its own moment: here only the second process sees the request,
     after its 2nd step. Both stop after that step (none waits in an all-reduce), the main process saves,
     and the weights are checked identical as at any end."""
-    import os
-    import subprocess
-    import textwrap
-
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
-    from extensions_lib.model.tiny import tiny_ldm_state_dict
-
-    from helpers import TOKENIZER_DIR
-
-    sd, _ = tiny_ldm_state_dict(TOKENIZER_DIR)
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "tiny.safetensors"))
-    cfg = _config(tmp_path, n_images=8)
-    cfg.model.checkpoint, cfg.model.tokenizer = str(tmp_path / "tiny.safetensors"), str(TOKENIZER_DIR)
-    cfg.save_toml(tmp_path / "train.toml")
-    driver = tmp_path / "driver.py"
-    driver.write_text(textwrap.dedent("""
-        import os, runpy, sys
+    r = _two_processes_with(tmp_path, _config(tmp_path, n_images=8), """
         import extensions_lib.train.events as events
         reads = []
         class Commands(events.Commands):
@@ -355,14 +329,7 @@ def test_a_stop_seen_by_one_data_parallel_process_stops_both_at_the_same_step(tm
                 reads.append(1)
                 return os.environ.get("RANK") == "1" and len(reads) >= 3
         events.Commands = Commands
-        sys.argv = ["extensions_lib", "train", sys.argv[1]]
-        runpy.run_module("extensions_lib", run_name="__main__")
-    """), encoding="utf-8")
-    accelerate = Path(sys.executable).parent / "accelerate"
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
-    r = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                        "--mixed_precision", "no", "--dynamo_backend", "no", str(driver), str(tmp_path / "train.toml")],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    """)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     assert "stopped early, saved" in r.stdout
     with safe_open(str(tmp_path / "out" / "test_lora.safetensors"), "pt") as f:

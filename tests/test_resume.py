@@ -20,7 +20,7 @@ from extensions_lib.train.events import Callbacks, Commands
 from extensions_lib.train.resume import FILES
 from extensions_lib.train.session import run_training
 
-from helpers import TOKENIZER_DIR, make_images, quick_config, tiny_bundle
+from helpers import TOKENIZER_DIR, accelerate_launch, make_images, on_tiny_checkpoint, quick_config, tiny_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -281,24 +281,13 @@ def test_a_state_holds_no_file_the_webui_model_lists_would_load_and_format_1_sti
     _assert_bitwise_equal(whole.output_path, _train(cfg).output_path)
 
 
-def _accelerate(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    accelerate = Path(sys.executable).parent / "accelerate"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    return subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "extensions_lib", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-
-
 def test_a_data_parallel_run_resumes_bitwise_under_the_same_number_of_processes(tmp_path):
     """2 CPU processes (accelerate, gloo): the run resumed from its step-4 state ends bitwise equal to the
     run that went on; each process gets back its own generators. One process cannot resume it."""
-    sd, _ = tiny_ldm_state_dict(TOKENIZER_DIR)
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "tiny.safetensors"))
-    cfg = _config(tmp_path, "whole", training__max_train_epochs=2, output__save_state=True,
-                  output__save_every_n_steps=2, output__keep_last_n_states=4)
-    cfg.model.checkpoint, cfg.model.tokenizer = str(tmp_path / "tiny.safetensors"), str(TOKENIZER_DIR)
+    cfg = on_tiny_checkpoint(_config(tmp_path, "whole", training__max_train_epochs=2, output__save_state=True,
+                                     output__save_every_n_steps=2, output__keep_last_n_states=4), tmp_path)
     cfg.save_toml(tmp_path / "whole.toml")
-    r = _accelerate(["train", str(tmp_path / "whole.toml")], tmp_path)
+    r = accelerate_launch(["-m", "extensions_lib", "train", tmp_path / "whole.toml"], tmp_path)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     state4 = tmp_path / "whole" / f"{cfg.output_name}-state-00000004"
     info = json.loads((state4 / "trainer.json").read_text(encoding="utf-8"))
@@ -307,7 +296,7 @@ def test_a_data_parallel_run_resumes_bitwise_under_the_same_number_of_processes(
     cfg.output.output_dir = str(tmp_path / "resumed")
     cfg.training.resume = str(state4)
     cfg.save_toml(tmp_path / "resumed.toml")
-    r = _accelerate(["train", str(tmp_path / "resumed.toml")], tmp_path)
+    r = accelerate_launch(["-m", "extensions_lib", "train", tmp_path / "resumed.toml"], tmp_path)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     assert "resuming at step 4" in r.stdout + r.stderr
     _assert_bitwise_equal(tmp_path / "whole" / f"{cfg.output_name}.safetensors",

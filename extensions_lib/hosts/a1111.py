@@ -32,7 +32,7 @@ from ..model.errors import TokenizerError, UnsupportedModelError
 from ..train.events import Commands
 from . import a1111_model as webui_model
 from .a1111_guard import ModelGuard, WebUIModelChanged
-from .a1111_progress import METHOD_LABELS, WebUIProgress
+from .a1111_progress import METHOD_LABELS, WebUIProgress, webui_job
 from .base import KINDS, Host, HostError
 
 # One training per process, whichever host object or job manager starts it.
@@ -75,34 +75,15 @@ class A1111Host(Host):
     # -- the GPU queue and the WebUI job -------------------------------------------------------
     @contextmanager
     def exclusive(self):
-        from modules import call_queue, shared
-
         if not _TRAINING.acquire(blocking=False):
             raise HostError(BUSY)
         try:
-            # blocks while a generation runs: it finishes first, then waits for us
-            call_queue.queue_lock.acquire()
-            try:
-                state = shared.state
-                state.begin(job=JOB_NAME)
-                state.job_count = 1
-                state.job_no = 0
-                state.sampling_step = 0
-                state.sampling_steps = 0
-                state.textinfo = "Training: preparing…"
+            with webui_job(JOB_NAME, 1, "Training: preparing…"):
                 self._holding = True
                 try:
                     yield
                 finally:
                     self._holding = False
-                    state.end()
-                    # as the WebUI's own job wrapper does, so no flag leaks into the next job
-                    state.interrupted = False
-                    state.skipped = False
-                    state.stopping_generation = False
-                    state.textinfo = None
-            finally:
-                call_queue.queue_lock.release()
         finally:
             _TRAINING.release()
 

@@ -21,6 +21,7 @@ import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
+from .a1111_progress import webui_job
 from .base import CAPTIONERS, HostError, ImageRequest, PrepareProgress
 
 JOB_NAME = "trainer_prepare"
@@ -80,35 +81,17 @@ class WebUIPrepareProgress(PrepareProgress):
 
 @contextmanager
 def prepare_job(label: str, total: int, training_lock, busy: str) -> Iterator[WebUIPrepareProgress]:
-    """Hold the GPU queue and a WebUI job of `total` units; refuse while a training runs
-    (`training_lock` is held for the whole of a training). Do not call it from inside a function
-    the WebUI already runs under its queue (wrap_gradio_gpu_call): the lock is not re-entrant."""
-    from modules import call_queue, shared
-
+    """Hold the GPU queue and a WebUI job of `total` units (a1111_progress.webui_job); refuse while a
+    training runs (`training_lock` is held for the whole of a training)."""
     if training_lock.locked():
         raise HostError(busy)
-    call_queue.queue_lock.acquire()      # a generation running now finishes first
-    try:
-        state = shared.state
-        state.begin(job=JOB_NAME)
-        state.job_count = max(1, int(total))       # the progress bar shows only when job_count > 0
-        state.job_no = 0
-        state.sampling_step = 0
-        state.sampling_steps = 0
-        state.textinfo = f"{label}: 0/{int(total)}"
+    # the progress bar shows only when job_count > 0
+    with webui_job(JOB_NAME, max(1, int(total)), f"{label}: 0/{int(total)}") as state:
         progress = WebUIPrepareProgress(label, total, state)
         try:
             yield progress
         finally:
             progress.active = False
-            state.end()
-            # as the WebUI's own job wrapper does, so no flag leaks into the next job
-            state.interrupted = False
-            state.skipped = False
-            state.stopping_generation = False
-            state.textinfo = None
-    finally:
-        call_queue.queue_lock.release()
 
 
 # -- captions ---------------------------------------------------------------------------------------

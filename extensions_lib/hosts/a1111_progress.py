@@ -14,14 +14,43 @@ outside it these callbacks leave the state alone, since a generation may be usin
 from __future__ import annotations
 
 import sys
-
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from ..train.events import Callbacks, Commands, StepInfo, TrainResult
 
 METHOD_LABELS = {"lora": "LoRA", "locon": "LoCon", "loha": "LoHa", "lokr": "LoKr",
                  "embedding": "embedding", "hypernetwork": "hypernetwork"}
+
+
+@contextmanager
+def webui_job(job: str, job_count: int, textinfo: str) -> Iterator[object]:
+    """Hold the WebUI's GPU queue (`call_queue.queue_lock`: a generation running now finishes first,
+    later ones wait) and run as a job in `shared.state`, so its progress bar and Interrupt work; yields
+    the state. Not re-entrant: never call it from a function the WebUI already runs under its queue."""
+    from modules import call_queue, shared
+
+    call_queue.queue_lock.acquire()
+    try:
+        state = shared.state
+        state.begin(job=job)
+        state.job_count = job_count
+        state.job_no = 0
+        state.sampling_step = 0
+        state.sampling_steps = 0
+        state.textinfo = textinfo
+        try:
+            yield state
+        finally:
+            state.end()
+            # as the WebUI's own job wrapper does, so no flag leaks into the next job
+            state.interrupted = False
+            state.skipped = False
+            state.stopping_generation = False
+            state.textinfo = None
+    finally:
+        call_queue.queue_lock.release()
 
 
 def format_eta(seconds: float) -> str:

@@ -146,21 +146,22 @@ def register_routes(app, job: TrainingJob, host_factory: Callable[[], Host], *,
 
     @router.post("/prepare")
     async def prepare(request: Request):
-        try:
-            body = await read_json_body(request)
-        except BodyError as e:
-            return JSONResponse(e.body, status_code=e.status)
-        return await run_in_threadpool(prepare_response, body, host_factory)
+        return await _answer_body(request, prepare_response, host_factory)
 
     @router.post("/tags")
     async def tags(request: Request):
-        try:
-            body = await read_json_body(request)
-        except BodyError as e:
-            return JSONResponse(e.body, status_code=e.status)
-        return await run_in_threadpool(tags_response, body)
+        return await _answer_body(request, tags_response)
 
     app.include_router(router)
+
+
+async def _answer_body(request: Request, answer: Callable, *args):
+    """`answer(body, *args)` for a checked JSON body, off the event loop (it reads and writes files)."""
+    try:
+        body = await read_json_body(request)
+    except BodyError as e:
+        return JSONResponse(e.body, status_code=e.status)
+    return await run_in_threadpool(answer, body, *args)
 
 
 def prepare_response(body, host_factory: Callable[[], Host]):
