@@ -5,7 +5,6 @@ is built."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import torch

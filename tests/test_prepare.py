@@ -79,7 +79,7 @@ def test_prepared_folder_trains_with_the_loop_and_the_originals_are_untouched(tm
     report = run_prepare(request(tmp_path, flip=True), StandaloneHost())
     assert report.folder == tmp_path / "dataset" / "5_sks dog"
     assert report.images == 8 and [p.name for p, _ in report.skipped] == ["broken.png"]
-    assert report.preview is not None and "broken.png" in report.summary()
+    assert report.preview() is not None and "broken.png" in report.summary()
     assert snapshot(raw) == before
     for image in report.folder.glob("*.png"):
         assert Image.open(image).size == (128, 128)

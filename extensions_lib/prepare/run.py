@@ -100,8 +100,12 @@ class PrepareReport:
     class_images_made: int = 0
     class_images_reused: int = 0
     stopped: bool = False
-    preview: Optional[Image.Image] = None
+    prepared: Optional[PreparedImages] = None     # what each source became, for preview()
     notes: list = field(default_factory=list)
+
+    def preview(self) -> Optional[Image.Image]:
+        """The grid of each picture beside what it became (drawn on request: only the tab shows it)."""
+        return self.prepared.preview_grid() if self.prepared and self.prepared.outputs else None
 
     def summary(self) -> str:
         lines = [f"{self.images} training image(s) written to {self.folder}"]
@@ -178,7 +182,7 @@ def run_prepare(req: PrepareRequest, host: Host, *, on_status: Callable[[str], N
             caption = captioning.enter_context(host.captioner(req.captioner))
         result = _images(req, focal, on_status, should_stop)
         report.images, report.skipped, report.stopped = len(result.outputs), list(result.skipped), result.stopped
-        report.preview = result.preview_grid() if result.outputs else None
+        report.prepared = result
         if req.captioner and not report.stopped:
             report.captioned, report.stopped = _caption(req, job, caption, result, on_status, should_stop)
     if report.stopped:

@@ -10,7 +10,7 @@ import html
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import user_error_types
 from ..hosts.base import CAPTIONERS, Host
@@ -91,7 +91,7 @@ class PrepareHandlers:
         # the size the images were made at is the size to train at (the long side, for keep)
         resolution = max(req.width, req.height)
         text = report.summary() + (f"\n\nThe Train step's Dataset folder now points at it, resolution {resolution}.")
-        return (_message(text, not report.stopped), report.preview, str(report.folder),
+        return (_message(text, not report.stopped), report.preview(), str(report.folder),
                 req.dataset_dir, reg, resolution)
 
     def stop(self) -> str:
