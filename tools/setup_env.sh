@@ -12,8 +12,19 @@ torch_version="$(sed -n 's/^# torch: *\([0-9][0-9a-z.+]*\).*/\1/p' "$reqs" | hea
 torch="torch==${torch_version:-2.13.0}"
 venv=".venv/$stack"
 quiet() { "$@" 2>&1 | { grep -v -e '^WARNING: Location' -e 'is ignored: it is neither' || true; }; }
-pip_install() { quiet "$venv/bin/pip" install -q --progress-bar off "$@"; }
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+# No pip cache: a stack is installed once into its venv, and a cached copy of torch 2.1.2's wheels would take
+# another ~4.7 GB of disk.
+pip_install() { quiet "$venv/bin/pip" install -q --progress-bar off --no-cache-dir "$@"; }
+if [ ! -x "$venv/bin/python" ]; then
+  # A full disk shows up deep inside pip as "OSError: [Errno 28]"; say first what the stack needs.
+  need_gb=3; [ -n "$torch_version" ] && [ "$torch_version" != 2.13.0 ] && need_gb=11
+  free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+  if [ "${free_gb:-0}" -lt "$need_gb" ]; then
+    echo "warning: stack $stack needs about $need_gb GB of free disk to install, $(pwd) has $free_gb GB;" \
+         "free some space (old .venv/* folders, pip's cache: pip cache purge) if pip fails" >&2
+  fi
+  python3 -m venv "$venv"
+fi
 start=$SECONDS
 pip_install "$torch"
 pip_install -r "$reqs" "$torch"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,7 +46,6 @@ class A1111Host(Host):
     def __init__(self):
         self._holding = False             # True while this host holds queue_lock and owns shared.state
         self._label = "LoRA"
-        self._tok_dir: Optional[Path] = None
         self._sd2_tokenizer = None
 
     # -- refusals ------------------------------------------------------------------------------
@@ -134,9 +132,7 @@ class A1111Host(Host):
         if not getattr(sd_model, "is_sd2", False):
             return webui_model.sd1_tokenizer(sd_model)
         if self._sd2_tokenizer is None:
-            if self._tok_dir is None:
-                self._tok_dir = Path(tempfile.mkdtemp(prefix="trainer-openclip-tok-"))
-            self._sd2_tokenizer = webui_model.sd2_tokenizer(self._tok_dir)
+            self._sd2_tokenizer = webui_model.sd2_tokenizer()
         return self._sd2_tokenizer
 
     # -- files -----------------------------------------------------------------------------------

@@ -287,9 +287,10 @@ def openclip_vocab_files(simple_tokenizer, folder: Path) -> Path:
     return folder
 
 
-def sd2_tokenizer(cache_dir: Optional[Path] = None):
+def sd2_tokenizer():
     """A transformers CLIPTokenizer equal to the open_clip tokenizer the WebUI uses for SD2 prompts:
-    same BPE and ids, padding with "!" (id 0) as the WebUI does for OpenCLIP."""
+    same BPE and ids, padding with "!" (id 0) as the WebUI does for OpenCLIP. The vocabulary files it
+    is built from live in a temporary folder only while the tokenizer reads them."""
     try:
         import open_clip.tokenizer as oc_tok
         simple = oc_tok._tokenizer
@@ -299,8 +300,9 @@ def sd2_tokenizer(cache_dir: Optional[Path] = None):
             "This SD2 checkpoint needs open_clip's tokenizer, which could not be read from the WebUI's "
             f"environment ({e}). The WebUI installs open_clip at start-up: restart it without "
             "--skip-install once, or switch to an SD1 checkpoint.") from None
-    folder = openclip_vocab_files(simple, Path(cache_dir or tempfile.mkdtemp(prefix="trainer-openclip-tok-")))
-    return pad_with_exclamation(clip_tokenizer(folder, "sd2"))
+    with tempfile.TemporaryDirectory(prefix="trainer-openclip-tok-") as tmp:
+        tok = clip_tokenizer(openclip_vocab_files(simple, Path(tmp)), "sd2")
+    return pad_with_exclamation(tok)
 
 
 def pad_with_exclamation(tok):
