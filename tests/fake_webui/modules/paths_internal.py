@@ -4,7 +4,9 @@ Real: script_path is the WebUI root, data_path comes from --data-dir (default: t
 models_path is <data_path>/models unless --models-dir. Fake: data_path is FAKE_WEBUI_DATA_DIR or a
 fresh temporary folder, so tests never write next to the code; fake_webui_control.reset() moves it.
 """
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -18,7 +20,10 @@ cwd = os.getcwd()
 modules_path = os.path.dirname(os.path.realpath(__file__))
 script_path = os.path.dirname(modules_path)
 
-data_path = os.environ.get("FAKE_WEBUI_DATA_DIR") or tempfile.mkdtemp(prefix="fake-webui-")
+data_path = os.environ.get("FAKE_WEBUI_DATA_DIR")
+if not data_path:
+    data_path = tempfile.mkdtemp(prefix="fake-webui-")
+    atexit.register(shutil.rmtree, data_path, True)    # a test run leaves no folders behind
 models_path = os.path.join(data_path, "models")
 extensions_dir = os.path.join(data_path, "extensions")
 extensions_builtin_dir = os.path.join(script_path, "extensions-builtin")
