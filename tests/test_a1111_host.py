@@ -19,17 +19,13 @@ import safetensors.torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
-FAKE = str(REPO / "tests" / "fake_webui")
-if FAKE not in sys.path:
-    sys.path.insert(0, FAKE)
-
+from fake_webui_fixtures import webui  # noqa: E402,F401,I001  (first: puts the fake WebUI on sys.path)
 import fake_sd_model as fsm  # noqa: E402
 import fake_webui_control as fw  # noqa: E402
 import networks  # noqa: E402
 from modules import call_queue, devices, sd_hijack, sd_models, shared, shared_items  # noqa: E402
 from modules.processing import StableDiffusionProcessing, StableDiffusionProcessingTxt2Img  # noqa: E402
 
-from extensions_lib.hosts import a1111 as a1111_mod  # noqa: E402
 from extensions_lib.hosts.a1111 import A1111Host  # noqa: E402
 from extensions_lib.hosts.a1111_guard import WebUIModelChanged  # noqa: E402
 from extensions_lib.hosts.base import HostError  # noqa: E402
@@ -40,13 +36,6 @@ from helpers import TOKENIZER_DIR, make_images, quick_config  # noqa: E402
 
 
 # ------------------------------------------------------------------------------ fixtures
-
-@pytest.fixture(autouse=True)
-def webui(tmp_path):
-    cmd_opts = fw.reset(tmp_path / "webui")
-    yield cmd_opts
-    assert not a1111_mod._TRAINING.locked(), "a test left the training lock held"
-    fw.reset(tmp_path / "webui")      # raises if queue_lock is still held
 
 
 @pytest.fixture(scope="module")

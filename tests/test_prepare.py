@@ -2,7 +2,6 @@
 become a training folder that trains with the loop, captions combine as chosen, class images land with
 captions under the GPU queue lock, and what a user can get wrong is refused naming the field."""
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +9,9 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-FAKE = str(REPO / "tests" / "fake_webui")
-if FAKE not in sys.path:
-    sys.path.insert(0, FAKE)
-
-import fake_webui_control as fw  # noqa: E402
+from fake_webui_fixtures import model_loaded, webui  # noqa: E402,F401,I001  (first: the fake on sys.path)
 from modules import shared  # noqa: E402,I001  (first: the fake shared module builds the interrogator)
-from modules import interrogate, processing, sd_models  # noqa: E402
+from modules import interrogate, processing  # noqa: E402
 
 from extensions_lib.data.folders import scan_dataset  # noqa: E402
 from extensions_lib.hosts.a1111 import A1111Host  # noqa: E402
@@ -27,19 +22,6 @@ from extensions_lib.train.session import run_training  # noqa: E402
 from extensions_lib.ui.prepare_tab import FORM_KEYS, PrepareHandlers  # noqa: E402
 
 from helpers import quick_config, tiny_bundle  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def webui(tmp_path):
-    fw.reset(tmp_path / "webui")
-    yield
-    fw.reset(tmp_path / "webui")
-
-
-@pytest.fixture
-def model_loaded():
-    sd_models.model_data.set_sd_model(types.SimpleNamespace(sd_checkpoint_info=None, sd_model_hash=None))
-    sd_models.model_data.was_loaded_at_least_once = True
 
 
 COLOURS = [(230, 20, 20), (20, 20, 230), (20, 200, 20), (230, 230, 20)]

@@ -7,13 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-FAKE = str(REPO / "tests" / "fake_webui")
-if FAKE not in sys.path:
-    sys.path.insert(0, FAKE)
-
-import fake_webui_control as fw  # noqa: E402
-from modules import call_queue, deepbooru, interrogate, processing, sd_models, shared  # noqa: E402
+from fake_webui_fixtures import model_loaded, webui  # noqa: E402,F401,I001  (first: the fake on sys.path)
+from modules import call_queue, deepbooru, interrogate, processing, shared  # noqa: E402
 from modules.textual_inversion import autocrop  # noqa: E402
 
 from extensions_lib.hosts import a1111 as a1111_mod  # noqa: E402
@@ -21,21 +16,6 @@ from extensions_lib.hosts.a1111 import A1111Host  # noqa: E402
 from extensions_lib.hosts.a1111_prepare import wd14_caption  # noqa: E402
 from extensions_lib.hosts.base import HostError, ImageRequest, PrepareProgress  # noqa: E402
 from extensions_lib.hosts.standalone import StandaloneHost  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def webui(tmp_path):
-    cmd_opts = fw.reset(tmp_path / "webui")
-    yield cmd_opts
-    assert not a1111_mod._TRAINING.locked(), "a test left the training lock held"
-    fw.reset(tmp_path / "webui")      # raises if queue_lock is still held
-
-
-@pytest.fixture
-def model_loaded():
-    """txt2img needs shared.sd_model; the fake sampler only reads it."""
-    sd_models.model_data.set_sd_model(types.SimpleNamespace(sd_checkpoint_info=None, sd_model_hash=None))
-    sd_models.model_data.was_loaded_at_least_once = True
 
 
 def red(size=(64, 48)):
