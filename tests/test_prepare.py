@@ -2,6 +2,8 @@
 become a training folder that trains with the loop, captions combine as chosen, class images land with
 captions under the GPU queue lock, and what a user can get wrong is refused naming the field."""
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +249,66 @@ def test_rest_prepare_and_tags(tmp_path, model_loaded):
     assert client.post("/trainer/v1/tags", json={"folder": folder, "action": "merge", "tags": ["x"],
                                                  "into": ""}).status_code == 422
     assert client.post("/trainer/v1/tags", json={"folder": "/no/such"}).status_code == 422
+
+
+def test_rest_prepares_in_the_background_one_at_a_time_with_the_tab_and_stops(tmp_path, model_loaded, monkeypatch):
+    """?wait=false answers at once and the work goes on: the status shows it, a second preparation (REST or
+    the tab sharing the job) is refused while it runs, /prepare/stop keeps what was finished."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from modules import deepbooru
+
+    from extensions_lib.ui.api import register_routes
+    from extensions_lib.ui.job import TrainingJob
+    from extensions_lib.ui.prepare_job import PrepareJob
+
+    job = PrepareJob()
+    app = FastAPI()
+    register_routes(app, TrainingJob(), A1111Host, prepare_job=job)
+    client = TestClient(app, raise_server_exceptions=False)
+    raw_pictures(tmp_path / "raw")
+    tagging, release = threading.Event(), threading.Event()
+    real_tag = deepbooru.model.tag_multi
+
+    def held_tag(image, *args, **kwargs):        # the first caption waits until the test lets it go
+        tagging.set()
+        assert release.wait(120)
+        return real_tag(image, *args, **kwargs)
+
+    monkeypatch.setattr(deepbooru.model, "tag_multi", held_tag)
+    assert client.get("/trainer/v1/prepare/status").json()["state"] == "idle"
+    body = request(tmp_path, captioner="deepbooru", trigger_word_first=False).to_dict()
+    started = client.post("/trainer/v1/prepare?wait=false", json=body)
+    assert started.status_code == 202 and started.json()["status"]["state"] == "running"
+    assert tagging.wait(120)
+
+    other = dict(body, dataset_dir=str(tmp_path / "other"))
+    busy = client.post("/trainer/v1/prepare", json=other)
+    assert busy.status_code == 409 and "already running" in busy.json()["error"]
+    form = dict(other, repeats=5.0, captioner="none")
+    message, *_ = PrepareHandlers(A1111Host(), job).prepare(*[form[k] for k in FORM_KEYS])
+    assert "already running" in message and not (tmp_path / "other").exists()
+
+    assert client.post("/trainer/v1/prepare/stop").json()["stopping"]
+    release.set()
+    deadline = time.monotonic() + 120
+    while (status := client.get("/trainer/v1/prepare/status").json())["state"] == "running":
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+    assert status["state"] == "stopped" and status["report"]["stopped"], status
+    assert status["report"]["images"] == 4 and status["report"]["captioned"] == 1
+    assert len(captions_of(tmp_path / "dataset" / "5_sks dog")) == 1
+    assert not client.post("/trainer/v1/prepare/stop").json()["stopping"]     # nothing runs now
+
+    refused = client.post("/trainer/v1/prepare?wait=false", json=body)       # that folder is not empty now
+    assert refused.status_code == 422 and "never overwritten" in refused.json()["error"]
+    assert client.get("/trainer/v1/prepare/status").json()["state"] == "error"
+    done = client.post("/trainer/v1/prepare?wait=false", json=other)
+    assert done.status_code == 202
+    while (status := client.get("/trainer/v1/prepare/status").json())["state"] == "running":
+        assert time.monotonic() < deadline + 120, status
+        time.sleep(0.05)
+    assert status["state"] == "done" and status["report"]["captioned"] == 4, status
 
 
 def test_cli_prepare_writes_the_folder_and_refuses_captioning_flags_it_does_not_have(tmp_path):

@@ -169,10 +169,27 @@ def check_request(req: PrepareRequest, host: Host, focal_crop=None) -> None:
             raise PrepareError(f"prepare.make_class_images: {refusal}")
 
 
-def run_prepare(req: PrepareRequest, host: Host, *, on_status: Callable[[str], None] = lambda text: None,
-                should_stop: Callable[[], bool] = lambda: False) -> PrepareReport:
+@dataclass(frozen=True)
+class CheckedRequest:
+    """A request that passed check_request, with the host's focal crop it was checked against."""
+    req: PrepareRequest
+    focal: Optional[Callable]
+
+
+def check(req: PrepareRequest, host: Host) -> CheckedRequest:
+    """check_request, asking the host for its focal crop only once (mode focal)."""
     focal = host.focal_crop() if req.mode == "focal" else None
     check_request(req, host, focal)
+    return CheckedRequest(req, focal)
+
+
+def run_prepare(req: PrepareRequest, host: Host, *, on_status: Callable[[str], None] = lambda text: None,
+                should_stop: Callable[[], bool] = lambda: False,
+                checked: Optional[CheckedRequest] = None) -> PrepareReport:
+    """Prepare end to end. `checked`: check(req, host) done already (the request is not checked again)."""
+    if checked is None or checked.req is not req:
+        checked = check(req, host)
+    focal = checked.focal
     report = PrepareReport(folder=req.subset_dir)
     with ExitStack() as captioning:
         if req.captioner:

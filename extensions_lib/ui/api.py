@@ -15,9 +15,13 @@ pydantic 1 (AUTOMATIC1111) and current fastapi / pydantic 2 (Forge).
                                      is answered with whether it exists, never with what it holds
     GET  /trainer/v1/preview/{i}     -> PNG of the i-th latest preview image
     POST /trainer/v1/prepare         body: PrepareRequest fields (prepare/run.py) -> 200 the report
-                                     (folder, counts, skipped files, class folder, stopped); runs to the end
-                                     (stop it with the WebUI's Interrupt); 422 {"error"} a field refused,
-                                     400 {"error"} the host refused (e.g. a captioner's model cannot load)
+                                     (folder, counts, skipped files, class folder, stopped) when it ends;
+                                     with ?wait=false -> 202 {"status"} at once, then poll /prepare/status;
+                                     422 {"error"} a field refused, 400 {"error"} the host refused (e.g. a
+                                     captioner's model cannot load), 409 {"error"} a preparation runs already
+    GET  /trainer/v1/prepare/status  -> {"state": idle|running|done|stopped|error, "message", "error",
+                                     "report" (as /prepare answers, once it ended), "started_at", "finished_at"}
+    POST /trainer/v1/prepare/stop    -> {"stopping": bool, "status"}: stops after the current picture
     POST /trainer/v1/tags            body: {"folder", "action": "frequency" | "merge" | "replace" | "remove" |
                                      "prefix", "tags": [...], "into": "..."} -> {"changed": [...], "tags": [[tag, n]]}
 
@@ -33,6 +37,7 @@ from ..hosts.base import Host
 from .api_body import BodyError, read_config_body, read_json_body
 from .api_dataset import dataset_refusal, rest_dataset_summary
 from .job import JobBusyError, TrainingJob
+from .prepare_job import PrepareBusyError, PrepareJob, report_dict
 
 # module level, not inside register_routes: FastAPI reads the handlers' annotations from here
 from fastapi import APIRouter, Request  # noqa: E402
@@ -73,9 +78,11 @@ def refusal(e: Exception, cfg: Optional[TrainConfig] = None):
 
 
 def register_routes(app, job: TrainingJob, host_factory: Callable[[], Host], *,
-                    dependencies: Optional[Sequence] = None) -> None:
+                    dependencies: Optional[Sequence] = None, prepare_job: Optional[PrepareJob] = None) -> None:
     """Add the routes to a FastAPI app. `host_factory()` gives the host for each training;
-    `dependencies` (e.g. the WebUI's API authentication) guard every route."""
+    `dependencies` (e.g. the WebUI's API authentication) guard every route; `prepare_job` is the
+    tab's, so that the two never prepare at once."""
+    prepare_job = prepare_job or PrepareJob()
     router = APIRouter(prefix=PREFIX, tags=["trainer"], dependencies=list(dependencies or []))
 
     @router.post("/train")
@@ -145,8 +152,17 @@ def register_routes(app, job: TrainingJob, host_factory: Callable[[], Host], *,
         return Response(buf.getvalue(), media_type="image/png")
 
     @router.post("/prepare")
-    async def prepare(request: Request):
-        return await _answer_body(request, prepare_response, host_factory)
+    async def prepare(request: Request, wait: bool = True):
+        return await _answer_body(request, prepare_response, host_factory, prepare_job, wait)
+
+    @router.get("/prepare/status")
+    async def prepare_status():
+        return prepare_job.status()
+
+    @router.post("/prepare/stop")
+    async def prepare_stop():
+        stopping = prepare_job.stop()
+        return {"stopping": stopping, "status": prepare_job.status()}
 
     @router.post("/tags")
     async def tags(request: Request):
@@ -164,24 +180,25 @@ async def _answer_body(request: Request, answer: Callable, *args):
     return await run_in_threadpool(answer, body, *args)
 
 
-def prepare_response(body, host_factory: Callable[[], Host]):
+def prepare_response(body, host_factory: Callable[[], Host], prepare_job: PrepareJob, wait: bool):
     from ..hosts.base import HostError
     from ..prepare.images import PrepareError
-    from ..prepare.run import PrepareRequest, run_prepare
+    from ..prepare.run import PrepareRequest
 
     if not isinstance(body, dict):
         return JSONResponse({"error": "the body must be a JSON object of prepare options"}, status_code=422)
     try:
-        report = run_prepare(PrepareRequest.from_dict(body), host_factory())
+        req = PrepareRequest.from_dict(body)
+        if not wait:
+            prepare_job.start(req, host_factory())
+            return JSONResponse({"status": prepare_job.status()}, status_code=202)
+        return report_dict(prepare_job.run(req, host_factory()))
     except (PrepareError, TypeError) as e:
         return JSONResponse({"error": str(e)}, status_code=422)
     except HostError as e:
         return JSONResponse({"error": str(e)}, status_code=400)
-    return {"folder": str(report.folder), "images": report.images, "captioned": report.captioned,
-            "skipped": [[str(p), reason] for p, reason in report.skipped],
-            "class_dir": str(report.class_dir) if report.class_dir else "",
-            "class_images_made": report.class_images_made, "class_images_reused": report.class_images_reused,
-            "stopped": report.stopped, "summary": report.summary()}
+    except PrepareBusyError as e:
+        return JSONResponse({"error": str(e)}, status_code=409)
 
 
 def tags_response(body):

@@ -7,18 +7,18 @@ them without a browser; `build_prepare` makes the widgets inside the caller's Bl
 from __future__ import annotations
 
 import html
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import user_error_types
 from ..hosts.base import CAPTIONERS, Host
 from ..prepare import tags as tag_edit
 from ..prepare.images import MODES, PrepareError
-from ..prepare.run import EXISTING, PrepareRequest, run_prepare
+from ..prepare.run import EXISTING, PrepareRequest
 from . import compat
 from .compat import gr
+from .prepare_job import PrepareBusyError, PrepareJob
 
 ELEM = "trainer_ext_prepare"
 NO_API = {"api_name": False}
@@ -39,10 +39,9 @@ def _message(text: str, ok: bool) -> str:
 
 
 class PrepareHandlers:
-    def __init__(self, host: Host):
+    def __init__(self, host: Host, job: Optional[PrepareJob] = None):
         self.host = host
-        self._stop = threading.Event()
-        self._busy = threading.Lock()
+        self.job = job or PrepareJob()      # shared with REST where the caller passes one
 
     def captioner_choices(self) -> tuple[list[str], str]:
         """(choices, note): every captioner is listed; the note says why one cannot be used here."""
@@ -77,16 +76,14 @@ class PrepareHandlers:
         """(message html, preview image, tag folder, then the Train step's dataset folder, regularisation
         folder and resolution)."""
         keep = compat.no_change()
-        if not self._busy.acquire(blocking=False):
-            return (_message("A preparation is already running: wait for it or press Stop.", False),) + (keep,) * 5
-        self._stop.clear()
         try:
             req = self.request(values)
-            report = run_prepare(req, self.host, should_stop=self._stop.is_set)
+            report = self.job.run(req, self.host)
+        except PrepareBusyError:
+            return (_message("A preparation is already running (here or over the REST API): wait for it or "
+                             "press Stop.", False),) + (keep,) * 5
         except user_error_types() as e:
             return (_message(str(e), False),) + (keep,) * 5
-        finally:
-            self._busy.release()
         reg = str(report.class_dir.parent) if report.class_dir else keep
         # the size the images were made at is the size to train at (the long side, for keep)
         resolution = max(req.width, req.height)
@@ -95,7 +92,7 @@ class PrepareHandlers:
                 req.dataset_dir, reg, resolution)
 
     def stop(self) -> str:
-        self._stop.set()
+        self.job.stop()
         return _message("Stopping after the current image; what is finished is kept.", True)
 
     # -- tags -------------------------------------------------------------------------------------
@@ -154,10 +151,10 @@ class PrepareLayout:
     tag_message: Any
 
 
-def build_prepare(host: Host) -> tuple[PrepareLayout, PrepareHandlers]:
+def build_prepare(host: Host, job: Optional[PrepareJob] = None) -> tuple[PrepareLayout, PrepareHandlers]:
     """The widgets, inside the caller's Blocks, with their events except Prepare's (connect_prepare:
     it also fills fields of the Train step, which may be built later)."""
-    h = PrepareHandlers(host)
+    h = PrepareHandlers(host, job)
     choices, note = h.captioner_choices()
     d = PrepareRequest()
     text = lambda key, label, **kw: compat.make(gr.Textbox, label=label, value=getattr(d, key), max_lines=1,  # noqa

@@ -99,14 +99,15 @@ def _asset(rel: str) -> str:
     return p.read_text(encoding="utf-8") if p.is_file() else ""
 
 
-def build_app(host: Host, job, defaults: Optional[TrainConfig] = None, poll_seconds: float = 1.0):
+def build_app(host: Host, job, defaults: Optional[TrainConfig] = None, poll_seconds: float = 1.0,
+              prepare_job=None):
     """The outer Blocks: a header and the tab, styled with the extension's style.css and trainer.js
     (which the WebUI would load by itself)."""
     from . import compat
     from .compat import gr
     from .tab import ELEM_ID, build_tab, tab_label
 
-    tab = build_tab(host, job, defaults=defaults, poll_seconds=poll_seconds)
+    tab = build_tab(host, job, defaults=defaults, poll_seconds=poll_seconds, prepare_job=prepare_job)
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])   # no web-font download
     with gr.Blocks(analytics_enabled=False, title="Trainer", css=_asset("style.css"), theme=theme) as demo:
@@ -147,14 +148,15 @@ def serve(args) -> int:
     from .access import basic_auth_dependencies
     from .api import register_routes
     from .job import TrainingJob
+    from .prepare_job import PrepareJob
 
     users = server_logins(args)     # before anything is loaded: a refusal is immediate
     host = CheckpointHost(output_root=args.output_root, tokenizer=getattr(args, "tokenizer", "") or "")
     defaults = TrainConfig()
     defaults.model.checkpoint = args.checkpoint
     defaults.model.tokenizer = getattr(args, "tokenizer", "") or ""
-    job = TrainingJob()
-    demo = build_app(host, job, defaults)
+    job, prepare_job = TrainingJob(), PrepareJob()      # the tab and REST share them
+    demo = build_app(host, job, defaults, prepare_job=prepare_job)
     compat.queue(demo)
     try:
         app, local_url, _ = demo.launch(**compat.launch_kwargs(
@@ -165,7 +167,8 @@ def serve(args) -> int:
         if not hint:
             raise
         raise SystemExit(f"error: {hint}") from e
-    register_routes(app, job, lambda: host, dependencies=basic_auth_dependencies(users))
+    register_routes(app, job, lambda: host, dependencies=basic_auth_dependencies(users),
+                    prepare_job=prepare_job)
     login = f"; login required ({len(users)} user(s))" if users else ""
     print(f"Trainer UI on {local_url}  (REST API under {local_url.rstrip('/')}/trainer/v1{login})", flush=True)
     signalled = _wait_for_signal()

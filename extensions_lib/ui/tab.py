@@ -16,6 +16,7 @@ from .compat import gr
 from .handlers import TabHandlers, connect
 from .job import TrainingJob
 from .layout import ELEM_ID, build_layout, layout_keys, shows_model_section
+from .prepare_job import PrepareJob
 from .prepare_tab import build_prepare, connect_prepare
 from .status import page_status, previous_run_html, status_html
 
@@ -29,11 +30,12 @@ def tab_label(host: Host) -> str:
 
 def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] = None,
               poll_seconds: float = 1.0, host_for_run: Optional[Callable[[], Host]] = None,
-              show_model_section: Optional[bool] = None):
+              show_model_section: Optional[bool] = None, prepare_job: Optional[PrepareJob] = None):
     """Build the tab's Blocks (not launched). `host_for_run`, if given, is called at each Start
     to get the host for that run; by default every run uses `host`. `show_model_section` places
     the checkpoint/VAE/tokenizer fields; by default they are shown where the host loads the model
-    the form names (layout.shows_model_section), not where the WebUI lends its own."""
+    the form names (layout.shows_model_section), not where the WebUI lends its own. `prepare_job`:
+    the Prepare step's, to share it with the REST API (by default the tab has its own)."""
     defaults = defaults or TrainConfig()
     if show_model_section is None:
         show_model_section = shows_model_section(host)
@@ -43,7 +45,7 @@ def build_tab(host: Host, job: TrainingJob, *, defaults: Optional[TrainConfig] =
         # the two steps in the order of the work; the tab opens on Train (most visits)
         with compat.make(gr.Tabs, selected="train", elem_id=f"{ELEM_ID}_steps"):
             with compat.make(gr.Tab, label="Prepare dataset", id="prepare", elem_id=f"{ELEM_ID}_prepare_step"):
-                prepare_ui, prepare_handlers = build_prepare(host)
+                prepare_ui, prepare_handlers = build_prepare(host, prepare_job)
             with compat.make(gr.Tab, label="Train", id="train", elem_id=f"{ELEM_ID}_train_step"):
                 ui = build_layout(defaults, show_model_section=show_model_section, status_html=first_status)
         handlers = TabHandlers(host, job, ui.keys, defaults, sections=list(ui.sections), host_for_run=host_for_run)

@@ -11,12 +11,14 @@ from typing import Optional
 
 from ..config import TrainConfig
 from .job import TrainingJob
+from .prepare_job import PrepareJob
 
 SECTION = ("trainer_ext", "Trainer")
 OPT_PRESET = "trainer_ext_default_preset"
 OPT_POLL = "trainer_ext_poll_seconds"
 
 _job: Optional[TrainingJob] = None
+_prepare_job: Optional[PrepareJob] = None
 _host = None
 
 
@@ -25,6 +27,14 @@ def job() -> TrainingJob:
     if _job is None:
         _job = TrainingJob()
     return _job
+
+
+def prepare_job() -> PrepareJob:
+    """The Prepare step's job, one per process: the tab and REST never prepare at the same time."""
+    global _prepare_job
+    if _prepare_job is None:
+        _prepare_job = PrepareJob()
+    return _prepare_job
 
 
 def host():
@@ -68,7 +78,7 @@ def on_ui_tabs():
         poll = max(0.25, float(_opt(OPT_POLL, 1.0)))
     except (TypeError, ValueError):
         poll = 1.0
-    tab = build_tab(h, job(), defaults=defaults(), poll_seconds=poll)
+    tab = build_tab(h, job(), defaults=defaults(), poll_seconds=poll, prepare_job=prepare_job())
     return [(tab, tab_label(h), ELEM_ID)]
 
 
@@ -150,4 +160,4 @@ def on_app_started(demo, app):
     except AccessError as e:
         print(f"Trainer: REST API not added: {e}", file=sys.stderr, flush=True)
         return
-    register_routes(app, job(), host, dependencies=dependencies)
+    register_routes(app, job(), host, dependencies=dependencies, prepare_job=prepare_job())

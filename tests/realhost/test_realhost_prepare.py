@@ -5,6 +5,7 @@
 - BLIP and DeepBooru reach the WebUI's own loaders: offline they cannot download their weights, and the
   answer is a 400 carrying the WebUI's message, with nothing written;
 - class images from the WebUI's txt2img land in reg/1_<class>/ with captions, nothing in outputs/;
+- ?wait=false prepares in the background and reports through GET /trainer/v1/prepare/status;
 - the prepared folders train, and the LoRA is listed at once;
 - a run with output.save_state adds nothing but the LoRA itself to the WebUI's Lora list.
 """
@@ -89,6 +90,41 @@ def test_captioners_reach_the_webui_loader(work, captioner):
     assert code == 400 and "could not load" in answer["error"], answer
     assert "Traceback" not in answer["error"]
     assert not target.exists()
+
+
+def _prepare_ended(timeout: float = 600) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        code, st = http("GET", "/trainer/v1/prepare/status")
+        assert code == 200, st
+        if st["state"] != "running":
+            return st
+        time.sleep(0.5)
+    pytest.fail(f"the background preparation did not end within {timeout} s")
+
+
+def test_prepare_in_the_background_reports_through_its_status(work):
+    """?wait=false answers 202 at once; the status ends with the report, or with the WebUI's own message
+    when a captioner cannot load (nothing written)."""
+    body = {"source_dir": str(work / "raw"), "dataset_dir": str(work / "background"), "token": "sks",
+            "class_word": "man", "width": SIZE, "height": SIZE, "flip": True}
+    code, answer = http("POST", "/trainer/v1/prepare?wait=false", body)
+    assert code == 202 and answer["status"]["state"] in ("running", "done"), answer
+    st = _prepare_ended()
+    print("\nbackground prepare:", st["state"], st["report"] and st["report"]["summary"])
+    assert st["state"] == "done" and st["report"]["images"] == 8, st
+    assert len(list((work / "background" / "10_sks man").glob("*.png"))) == 8
+
+    target = work / "background_tags"
+    code, answer = http("POST", "/trainer/v1/prepare?wait=false", dict(body, dataset_dir=str(target),
+                                                                      captioner="deepbooru"))
+    assert code == 202, answer
+    st = _prepare_ended()
+    print("background deepbooru:", st["state"], st["error"][:200])
+    if st["state"] == "error":
+        assert "could not load" in st["error"] and not target.exists(), st
+    else:
+        assert st["state"] == "done" and st["report"]["captioned"] == 8, st
 
 
 def test_class_images_from_txt2img_then_the_prepared_folders_train(work):
