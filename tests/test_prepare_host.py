@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from fake_webui_fixtures import model_loaded, webui  # noqa: E402,F401,I001  (first: the fake on sys.path)
-from modules import call_queue, deepbooru, interrogate, processing, shared  # noqa: E402
+from modules import call_queue, deepbooru, interrogate, paths, processing, shared  # noqa: E402
 from modules.textual_inversion import autocrop  # noqa: E402
 
 from extensions_lib.hosts import a1111 as a1111_mod  # noqa: E402
@@ -78,9 +78,33 @@ def test_an_offline_loader_becomes_a_host_error_with_the_webui_message(name, mod
         with A1111Host().captioner(name):
             pytest.fail("must not yield")
     text = str(info.value)
-    assert "Temporary failure in name resolution" in text and "Traceback" not in text
+    assert module.OFFLINE_REASON in text and "Traceback" not in text
     assert "connect to the internet once" in text
     assert "stop" not in deepbooru.events          # nothing was started, nothing to stop
+
+
+def test_a_failed_deepbooru_load_never_leaves_an_untrained_network_to_tag_with():
+    """The WebUI's DeepDanbooru.load() sets its network before reading the weights file: after an offline
+    failure its next start() tags at random (seen in the real WebUI: a second request 'succeeded')."""
+    deepbooru.offline = True
+    for _ in range(2):                             # the second try fails the same way, it does not tag
+        with pytest.raises(HostError, match="could not load its DeepBooru model"):
+            with A1111Host().captioner("deepbooru"):
+                pytest.fail("must not yield")
+    assert deepbooru.model.model is None           # nor is it left for the WebUI's own Interrogate button
+
+    deepbooru.model.model = deepbooru._FakeDanbooruModel()     # left by the WebUI's own failed load
+    deepbooru.model.model.untrained = True
+    deepbooru.offline = False                      # and now the download works: loaded for real
+    with A1111Host().captioner("deepbooru") as tag:
+        assert tag(red()) != "untrained_guess"
+
+    weights = Path(paths.models_path) / "torch_deepdanbooru" / "model-resnet_custom_v3.pt"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    loaded = deepbooru.model.model
+    with A1111Host().captioner("deepbooru"):       # with the file on disk, a loaded network is kept
+        assert deepbooru.model.model is loaded
 
 
 def test_wd14_tagger_extension_when_loaded(monkeypatch):

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from .a1111_progress import webui_job
@@ -173,10 +174,16 @@ def _deepbooru() -> Iterator[Callable]:
     from modules import deepbooru
 
     model = deepbooru.model
+    # The WebUI's load() builds the network before it reads the weights file, so a failed load (ours, or
+    # its own Interrogate button's) leaves an untrained network that the next start() would tag with at
+    # random. Without the file on disk any network held is such a leftover: drop it, load again.
+    if getattr(model, "model", None) is not None and not _deepbooru_weights_on_disk():
+        model.model = None
     _models_to_cpu_if_lowvram()
     try:
         model.start()
     except Exception as e:  # noqa: BLE001 - the WebUI's loader: download, file, memory errors
+        model.model = None      # never leave the half-loaded network for the next try
         raise HostError(f"DeepBooru: the WebUI could not load its DeepBooru model: {_message(e)} (it downloads "
                         "model-resnet_custom_v3.pt into models/torch_deepdanbooru on first use: connect to the "
                         "internet once, or put that file there)") from None
@@ -184,6 +191,13 @@ def _deepbooru() -> Iterator[Callable]:
         yield lambda image: str(model.tag_multi(image, force_disable_ranks=True))
     finally:
         model.stop()
+
+
+def _deepbooru_weights_on_disk() -> bool:
+    """Whether models/torch_deepdanbooru holds a .pt file, where the WebUI's loader reads its weights."""
+    from modules import paths
+
+    return any((Path(paths.models_path) / "torch_deepdanbooru").glob("*.pt"))
 
 
 def _wd14() -> tuple[Optional[object], str]:

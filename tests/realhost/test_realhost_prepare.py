@@ -82,14 +82,15 @@ def test_captioners_reach_the_webui_loader(work, captioner):
     target = work / f"captions_{captioner}"
     body = {"source_dir": str(work / "raw"), "dataset_dir": str(target), "token": "sks", "class_word": "man",
             "width": SIZE, "height": SIZE, "captioner": captioner}
-    code, answer = http("POST", "/trainer/v1/prepare", body)
-    print(f"\n{captioner}: {code} {answer if code != 200 else answer['summary']}")
-    if code == 200:
-        assert answer["captioned"] == answer["images"]
-        return
-    assert code == 400 and "could not load" in answer["error"], answer
-    assert "Traceback" not in answer["error"]
-    assert not target.exists()
+    for attempt in (1, 2):      # a failed load must fail again, not leave a half-loaded model to caption with
+        code, answer = http("POST", "/trainer/v1/prepare", body)
+        print(f"\n{captioner} ({attempt}): {code} {answer if code != 200 else answer['summary']}")
+        if code == 200:
+            assert answer["captioned"] == answer["images"]
+            return
+        assert code == 400 and "could not load" in answer["error"], answer
+        assert "Traceback" not in answer["error"]
+        assert not target.exists()
 
 
 def _prepare_ended(timeout: float = 600) -> dict:
@@ -121,8 +122,8 @@ def test_prepare_in_the_background_reports_through_its_status(work):
     assert code == 202, answer
     st = _prepare_ended()
     print("background deepbooru:", st["state"], st["error"][:200])
-    if st["state"] == "error":
-        assert "could not load" in st["error"] and not target.exists(), st
+    if not any((Path(WEBUI) / "models" / "torch_deepdanbooru").glob("*.pt")):      # offline: no weights
+        assert st["state"] == "error" and "could not load" in st["error"] and not target.exists(), st
     else:
         assert st["state"] == "done" and st["report"]["captioned"] == 8, st
 

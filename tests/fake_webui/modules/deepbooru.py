@@ -10,11 +10,15 @@ drops tags under `interrogate_deepbooru_score_threshold` and every `rating:*` ta
 (`deepbooru_use_spaces`), escapes ( ) \\ (`deepbooru_escape`), and writes `(tag:0.900)` when
 `interrogate_return_ranks` is on and ranks are not disabled; joined with ", ".
 
-Fake network: the scores come from the image's mean colour (see `scores_for`). Fake-only:
-`offline` (True: load() raises urllib's URLError), `events`, `reset()`.
+As in the real one, load() builds the network before it reads the weights: offline the real
+modelloader finds no file and `files[0]` raises IndexError with `self.model` already set to an
+untrained network, which the next start() then uses as if loaded.
+
+Fake network: the scores come from the image's mean colour (see `scores_for`); a network left by a
+failed load tags everything "untrained_guess". Fake-only: `offline` (True: load() fails as the real
+one does offline), `events`, `reset()`.
 """
 import re
-import urllib.error
 
 import torch
 
@@ -25,7 +29,7 @@ re_special = re.compile(r'([\\()])')
 offline = False
 events: list = []
 
-OFFLINE_REASON = "[Errno -3] Temporary failure in name resolution"
+OFFLINE_REASON = "list index out of range"     # what the real load() raises offline (files[0] of [])
 
 
 def scores_for(pil_image) -> dict:
@@ -41,6 +45,7 @@ class _FakeDanbooruModel(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.head = torch.nn.Linear(3, 6)
+        self.untrained = False
 
 
 class DeepDanbooru:
@@ -51,9 +56,10 @@ class DeepDanbooru:
         if self.model is not None:
             return
         events.append("load")
-        if offline:
-            raise urllib.error.URLError(OFFLINE_REASON)
         self.model = _FakeDanbooruModel()
+        if offline:
+            self.model.untrained = True
+            raise IndexError(OFFLINE_REASON)
         self.model.eval()
         self.model.to(devices.cpu, devices.dtype)
 
@@ -78,6 +84,8 @@ class DeepDanbooru:
         if self.model is None:
             raise AttributeError("'NoneType' object is not callable")   # the real one calls self.model(x)
         events.append("tag_multi")
+        if self.model.untrained:
+            return "untrained_guess"
         threshold = shared.opts.interrogate_deepbooru_score_threshold
         use_spaces = shared.opts.deepbooru_use_spaces
         use_escape = shared.opts.deepbooru_escape
