@@ -311,6 +311,23 @@ def test_rest_prepares_in_the_background_one_at_a_time_with_the_tab_and_stops(tm
     assert status["state"] == "done" and status["report"]["captioned"] == 4, status
 
 
+def test_inside_the_webui_the_tab_and_rest_share_one_prepare_job(tmp_path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from extensions_lib.ui import webui as glue
+
+    shared.cmd_opts.api = True
+    (tab, _, _), = glue.on_ui_tabs()
+    assert tab.trainer_prepare.job is glue.prepare_job()
+    app = FastAPI()
+    glue.on_app_started(None, app)
+    raw_pictures(tmp_path / "raw")
+    r = TestClient(app).post("/trainer/v1/prepare", json=request(tmp_path).to_dict())
+    assert r.status_code == 200, r.text
+    assert glue.prepare_job().status()["report"] == r.json()       # the REST run went through the tab's job
+
+
 def test_cli_prepare_writes_the_folder_and_refuses_captioning_flags_it_does_not_have(tmp_path):
     import subprocess
 
