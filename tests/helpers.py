@@ -76,7 +76,10 @@ def accelerate_launch(args: list, cwd: Path, timeout: float = 900) -> subprocess
     machine without GPUs `--cpu` alone would start one process), running `args` (a script and its
     arguments, or `-m extensions_lib ...`)."""
     accelerate = Path(sys.executable).parent / "accelerate"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), HF_HUB_OFFLINE="1")
+    scratch = Path(cwd) / "launch-tmp"     # torchelastic's run folders land here, not in the system's /tmp
+    scratch.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), HF_HUB_OFFLINE="1",
+               TMPDIR=str(scratch))
     return subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                            "--mixed_precision", "no", "--dynamo_backend", "no", *map(str, args)],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
