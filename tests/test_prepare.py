@@ -189,7 +189,8 @@ def test_the_tab_prepares_fills_the_train_fields_and_edits_tags(tmp_path):
     choices, _ = h.captioner_choices()
     assert choices[:3] == ["none", "blip", "deepbooru"]
     form = dict(request(tmp_path, captioner="deepbooru").to_dict(), repeats=5.0)
-    message, preview, tag_folder, train_dir, _, resolution = h.prepare(*[form[k] for k in FORM_KEYS])
+    *running, (message, preview, tag_folder, train_dir, _, resolution) = h.prepare(*[form[k] for k in FORM_KEYS])
+    assert all("trainer-running" in step[0] for step in running)
     assert "4 training image(s)" in message and preview is not None
     assert train_dir == str(tmp_path / "dataset") and tag_folder.endswith("5_sks dog") and resolution == 128
 
@@ -208,10 +209,44 @@ def test_the_tab_prepares_fills_the_train_fields_and_edits_tags(tmp_path):
         else:
             assert after[stem] == text
 
-    message, *_ = h.prepare(*[form[k] for k in FORM_KEYS])       # the same folder again: refused, kept
+    (message, *_), = h.prepare(*[form[k] for k in FORM_KEYS])     # the same folder again: refused, kept
     assert "never overwritten" in message and captions_of(Path(tag_folder)) == after
     _, note = h.edit(tag_folder, "merge into", "x", "")
     assert "prepare.merge_into" in note or "prepare.trigger_word" in note
+
+
+def hold_deepbooru(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """(tagging, release): DeepBooru's first caption sets `tagging` and waits for `release`."""
+    from modules import deepbooru
+
+    tagging, release = threading.Event(), threading.Event()
+    real_tag = deepbooru.model.tag_multi
+
+    def held_tag(image, *args, **kwargs):
+        tagging.set()
+        assert release.wait(120)
+        return real_tag(image, *args, **kwargs)
+
+    monkeypatch.setattr(deepbooru.model, "tag_multi", held_tag)
+    return tagging, release
+
+
+def test_the_tab_shows_what_is_running_while_it_prepares(tmp_path, monkeypatch):
+    raw_pictures(tmp_path / "raw")
+    tagging, release = hold_deepbooru(monkeypatch)
+    h = PrepareHandlers(A1111Host())
+    h.poll_seconds = 0.01
+    form = dict(request(tmp_path, captioner="deepbooru").to_dict(), repeats=5.0)
+    steps = h.prepare(*[form[k] for k in FORM_KEYS])
+    seen = [next(steps)[0]]         # the generator starts the job at its first step
+    assert tagging.wait(120)
+    while "Captioning" not in (step := next(steps))[0]:
+        seen.append(step[0])
+    assert "trainer-running" in step[0] and "(1/4)" in step[0], step[0]
+    assert all("trainer-ok" not in text and "trainer-error" not in text for text in seen)
+    release.set()
+    *_, last = steps
+    assert "trainer-ok" in last[0] and "4 caption(s) written" in last[0], last[0]
 
 
 def test_rest_prepare_and_tags(tmp_path, model_loaded):
@@ -256,7 +291,6 @@ def test_rest_prepares_in_the_background_one_at_a_time_with_the_tab_and_stops(tm
     the tab sharing the job) is refused while it runs, /prepare/stop keeps what was finished."""
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
-    from modules import deepbooru
 
     from extensions_lib.ui.api import register_routes
     from extensions_lib.ui.job import TrainingJob
@@ -267,15 +301,7 @@ def test_rest_prepares_in_the_background_one_at_a_time_with_the_tab_and_stops(tm
     register_routes(app, TrainingJob(), A1111Host, prepare_job=job)
     client = TestClient(app, raise_server_exceptions=False)
     raw_pictures(tmp_path / "raw")
-    tagging, release = threading.Event(), threading.Event()
-    real_tag = deepbooru.model.tag_multi
-
-    def held_tag(image, *args, **kwargs):        # the first caption waits until the test lets it go
-        tagging.set()
-        assert release.wait(120)
-        return real_tag(image, *args, **kwargs)
-
-    monkeypatch.setattr(deepbooru.model, "tag_multi", held_tag)
+    tagging, release = hold_deepbooru(monkeypatch)      # the first caption waits until the test lets it go
     assert client.get("/trainer/v1/prepare/status").json()["state"] == "idle"
     body = request(tmp_path, captioner="deepbooru", trigger_word_first=False).to_dict()
     started = client.post("/trainer/v1/prepare?wait=false", json=body)
@@ -286,7 +312,7 @@ def test_rest_prepares_in_the_background_one_at_a_time_with_the_tab_and_stops(tm
     busy = client.post("/trainer/v1/prepare", json=other)
     assert busy.status_code == 409 and "already running" in busy.json()["error"]
     form = dict(other, repeats=5.0, captioner="none")
-    message, *_ = PrepareHandlers(A1111Host(), job).prepare(*[form[k] for k in FORM_KEYS])
+    (message, *_), = PrepareHandlers(A1111Host(), job).prepare(*[form[k] for k in FORM_KEYS])
     assert "already running" in message and not (tmp_path / "other").exists()
 
     assert client.post("/trainer/v1/prepare/stop").json()["stopping"]

@@ -1,8 +1,8 @@
 """One dataset preparation at a time, shared by the tab and the REST API.
 
-The tab waits for its preparation (`run`); REST can wait too or start it in the background
-(`start`) and poll `status()`: captioning thousands of pictures would otherwise keep one HTTP
-request open for as long. `start` checks the request before it returns, so a field a user got
+REST can wait for its preparation (`run`) or start it in the background (`start`) and poll
+`status()`: captioning thousands of pictures would otherwise keep one HTTP request open for as
+long. The tab starts it too and shows the status while it waits. `start` checks the request before it returns, so a field a user got
 wrong is refused at once; only what happens while working (a captioner that cannot load, a
 stop) ends up in the status.
 """
@@ -42,6 +42,8 @@ class PrepareJob:
         self._stop = threading.Event()
         self._status = {"state": "idle", "message": "", "error": "", "report": None,
                         "started_at": None, "finished_at": None}
+        self._run = 0                       # numbers the preparations, so a caller finds its own report
+        self._report: Optional[PrepareReport] = None
 
     # -- running ----------------------------------------------------------------------------------
     def run(self, req: PrepareRequest, host: Host) -> PrepareReport:
@@ -49,10 +51,11 @@ class PrepareJob:
         self._claim()
         return self._work(req, host)
 
-    def start(self, req: PrepareRequest, host: Host) -> None:
-        """Check the request, then prepare in a daemon thread. Raises PrepareBusyError, or the
-        request's refusal (nothing written), before returning."""
-        self._claim()
+    def start(self, req: PrepareRequest, host: Host) -> int:
+        """Check the request, then prepare in a daemon thread; returns the run's number (for
+        `result`). Raises PrepareBusyError, or the request's refusal (nothing written), before
+        returning."""
+        run = self._claim()
         try:
             checked = check(req, host)
         except BaseException as e:
@@ -60,6 +63,7 @@ class PrepareJob:
             raise
         threading.Thread(target=self._work_quietly, args=(req, host, checked), name="trainer-prepare",
                          daemon=True).start()
+        return run
 
     def stop(self) -> bool:
         """Ask a running preparation to stop after the current picture (finished files are kept)."""
@@ -79,14 +83,23 @@ class PrepareJob:
         with self._lock:
             return dict(self._status)
 
+    def result(self, run: int) -> tuple[dict, Optional[PrepareReport]]:
+        """(status, report) of preparation number `run`; the report is None until it ended well, or
+        when another preparation has started since."""
+        with self._lock:
+            return dict(self._status), (self._report if run == self._run else None)
+
     # -- inside -----------------------------------------------------------------------------------
-    def _claim(self) -> None:
+    def _claim(self) -> int:
         with self._lock:
             if self._status["state"] == "running":
                 raise PrepareBusyError()
             self._stop.clear()
+            self._run += 1
+            self._report = None
             self._status = {"state": "running", "message": "starting", "error": "", "report": None,
                             "started_at": time.time(), "finished_at": None}
+            return self._run
 
     def _work(self, req: PrepareRequest, host: Host, checked: Optional[CheckedRequest] = None) -> PrepareReport:
         """Run the claimed preparation; it ends (not running any more) whatever happens."""
@@ -113,8 +126,10 @@ class PrepareJob:
         else:
             state, message = ("stopped" if report.stopped else "done"), report.summary()
         # one update: whoever sees the end can start the next preparation at once
-        self._set(state=state, message=message, error=error, finished_at=time.time(),
-                  report=report_dict(report) if report else None)
+        with self._lock:
+            self._report = report
+            self._status.update(state=state, message=message, error=error, finished_at=time.time(),
+                                report=report_dict(report) if report else None)
 
     def _set(self, **values) -> None:
         with self._lock:

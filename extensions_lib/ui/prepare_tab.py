@@ -7,6 +7,7 @@ them without a browser; `build_prepare` makes the widgets inside the caller's Bl
 from __future__ import annotations
 
 import html
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -31,8 +32,9 @@ FORM_KEYS = ("source_dir", "dataset_dir", "token", "class_word", "repeats", "wid
 _INTS = ("repeats", "width", "height", "class_images", "class_steps")
 
 
-def _message(text: str, ok: bool) -> str:
-    kind = "ok" if ok else "error"
+def _message(text: str, ok: Optional[bool]) -> str:
+    """ok True/False: the end of an action, in the tab's ok/error colours; None: a running message."""
+    kind = "running" if ok is None else "ok" if ok else "error"
     # trainer-ext-*: the tab's own message colours (style.css); trainer-*: what tests look for
     return (f'<div class="trainer-ext-{kind} trainer-{kind}" id="{ELEM}_msg_{kind}">'
             f'<pre style="white-space: pre-wrap; overflow-wrap: anywhere">{html.escape(text)}</pre></div>')
@@ -42,6 +44,7 @@ class PrepareHandlers:
     def __init__(self, host: Host, job: Optional[PrepareJob] = None):
         self.host = host
         self.job = job or PrepareJob()      # shared with REST where the caller passes one
+        self.poll_seconds = 0.5             # how often the running message is read while Prepare waits
 
     def captioner_choices(self) -> tuple[list[str], str]:
         """(choices, note): every captioner is listed; the note says why one cannot be used here."""
@@ -73,23 +76,35 @@ class PrepareHandlers:
         return PrepareRequest.from_dict(form)
 
     def prepare(self, *values):
-        """(message html, preview image, tag folder, then the Train step's dataset folder, regularisation
-        folder and resolution)."""
+        """Yields (message html, preview image, tag folder, then the Train step's dataset folder,
+        regularisation folder and resolution): the job's progress while it runs, then its result."""
         keep = compat.no_change()
         try:
             req = self.request(values)
-            report = self.job.run(req, self.host)
+            run = self.job.start(req, self.host)
         except PrepareBusyError:
-            return (_message("A preparation is already running (here or over the REST API): wait for it or "
-                             "press Stop.", False),) + (keep,) * 5
+            yield (_message("A preparation is already running (here or over the REST API): wait for it or "
+                            "press Stop.", False),) + (keep,) * 5
+            return
         except user_error_types() as e:
-            return (_message(str(e), False),) + (keep,) * 5
+            yield (_message(str(e), False),) + (keep,) * 5
+            return
+        shown = None
+        while (status := self.job.result(run)[0])["state"] == "running":
+            if status["message"] != shown:
+                shown = status["message"]
+                yield (_message(shown, None),) + (keep,) * 5
+            time.sleep(self.poll_seconds)
+        status, report = self.job.result(run)
+        if report is None:
+            yield (_message(status["error"] or status["message"], False),) + (keep,) * 5
+            return
         reg = str(report.class_dir.parent) if report.class_dir else keep
         # the size the images were made at is the size to train at (the long side, for keep)
         resolution = max(req.width, req.height)
         text = report.summary() + (f"\n\nThe Train step's Dataset folder now points at it, resolution {resolution}.")
-        return (_message(text, not report.stopped), report.preview(), str(report.folder),
-                req.dataset_dir, reg, resolution)
+        yield (_message(text, not report.stopped), report.preview(), str(report.folder),
+               req.dataset_dir, reg, resolution)
 
     def stop(self) -> str:
         self.job.stop()
