@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from extensions_lib.train.preview import PromptLineError, check_prompt_line, parse_prompt_line, sample_images
+from extensions_lib.config.prompt_line import PromptLineError, check_prompt_line, parse_prompt_line
+from extensions_lib.train.preview import sample_images
 from helpers import tiny_bundle
 
 DEFAULTS = dict(negative="lowres", width=512, height=576, steps=20, cfg_scale=7.0, seed=1234)

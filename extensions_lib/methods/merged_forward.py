@@ -238,12 +238,12 @@ def _lokr_factor_bypass(lora, x: torch.Tensor, c: float) -> torch.Tensor:
     dtype = compute_dtype(x.device, x.dtype)  # the input's, as lycoris' bypass (a half-precision base, no autocast)
     halves = _LokrDelta.halves(lora)
     w1, w2 = (halves[0] * c).to(dtype), halves[1].to(dtype)
-    (a, b), p = w1.shape, w2.shape[0]
+    b, p = w1.shape[1], w2.shape[0]
     if lora.module_type == "linear":
         inner = F.linear(x.unflatten(-1, (b, -1)), w2)                            # [..., b, p]
         delta = torch.matmul(w1, inner).flatten(-2)                               # [..., a·p]
     else:
-        n, dims = x.shape[0], _CONVS[lora.module_type]
+        n = x.shape[0]
         grouped = x.reshape(n * b, -1, *x.shape[2:])                             # [n·b, q, ...]
         inner = lora.op(grouped, w2.view(p, -1, *lora.shape[2:]), None, **lora.kw_dict)
         inner = inner.unflatten(0, (n, b))                                        # [n, b, p, ...]

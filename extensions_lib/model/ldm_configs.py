@@ -19,7 +19,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from .bundle import SD1, SD2
+from .bundle import SD2
 from .errors import UnsupportedModelError
 from .ldm_keys import UNetLayout, VaeLayout
 

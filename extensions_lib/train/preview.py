@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config.prompt_line import PromptLineError, PromptSettings, check_prompt_line, parse_prompt_line  # noqa: F401
+from ..config.prompt_line import parse_prompt_line
 from .text import encode, tokenize
 
 @torch.no_grad()
