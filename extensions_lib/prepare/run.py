@@ -123,9 +123,17 @@ class PrepareReport:
         return "\n".join(lines)
 
 
-def check_request(req: PrepareRequest, host: Host, focal_crop=None) -> None:
-    """Every refusal that needs no image work, each naming its field and the fix. `focal_crop`: the
-    host's crop for mode focal (asked once by the caller: the WebUI's may try to fetch its face model)."""
+@dataclass(frozen=True)
+class CheckedRequest:
+    """A request that passed check(), with the host's focal crop it was checked against."""
+    req: PrepareRequest
+    focal: Optional[Callable]
+
+
+def check(req: PrepareRequest, host: Host) -> CheckedRequest:
+    """Every refusal that needs no image work, each naming its field and the fix. The host's focal
+    crop is asked for here, once, and kept for the run: the WebUI's may try to fetch its face model."""
+    focal = host.focal_crop() if req.mode == "focal" else None
     if not req.source_dir.strip():
         raise PrepareError("prepare.source_dir is empty: give the folder of raw pictures")
     src = Path(req.source_dir.strip())
@@ -150,7 +158,7 @@ def check_request(req: PrepareRequest, host: Host, focal_crop=None) -> None:
         reason = host.captioners().get(req.captioner, "")
         if reason:
             raise PrepareError(f"prepare.captioner = {req.captioner}: {reason}")
-    if req.mode == "focal" and focal_crop is None:
+    if req.mode == "focal" and focal is None:
         raise PrepareError("prepare.mode = focal needs the WebUI's auto focal-point crop, which this host lacks: "
                            "use center or auto_size")
     if req.make_class_images:
@@ -167,19 +175,6 @@ def check_request(req: PrepareRequest, host: Host, focal_crop=None) -> None:
         refusal = host.image_generation_refusal()
         if refusal:
             raise PrepareError(f"prepare.make_class_images: {refusal}")
-
-
-@dataclass(frozen=True)
-class CheckedRequest:
-    """A request that passed check_request, with the host's focal crop it was checked against."""
-    req: PrepareRequest
-    focal: Optional[Callable]
-
-
-def check(req: PrepareRequest, host: Host) -> CheckedRequest:
-    """check_request, asking the host for its focal crop only once (mode focal)."""
-    focal = host.focal_crop() if req.mode == "focal" else None
-    check_request(req, host, focal)
     return CheckedRequest(req, focal)
 
 

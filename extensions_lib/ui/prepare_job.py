@@ -49,18 +49,14 @@ class PrepareJob:
     def run(self, req: PrepareRequest, host: Host) -> PrepareReport:
         """Prepare and wait for the end; user errors are raised (and kept in the status)."""
         self._claim()
-        return self._work(req, host)
+        return self._work(req, host, self._check(req, host))
 
     def start(self, req: PrepareRequest, host: Host) -> int:
         """Check the request, then prepare in a daemon thread; returns the run's number (for
         `result`). Raises PrepareBusyError, or the request's refusal (nothing written), before
         returning."""
         run = self._claim()
-        try:
-            checked = check(req, host)
-        except BaseException as e:
-            self._finish(error=str(e))
-            raise
+        checked = self._check(req, host)
         threading.Thread(target=self._work_quietly, args=(req, host, checked), name="trainer-prepare",
                          daemon=True).start()
         return run
@@ -75,10 +71,6 @@ class PrepareJob:
             return True
 
     # -- observing --------------------------------------------------------------------------------
-    def running(self) -> bool:
-        with self._lock:
-            return self._status["state"] == "running"
-
     def status(self) -> dict:
         with self._lock:
             return dict(self._status)
@@ -101,8 +93,16 @@ class PrepareJob:
                             "started_at": time.time(), "finished_at": None}
             return self._run
 
-    def _work(self, req: PrepareRequest, host: Host, checked: Optional[CheckedRequest] = None) -> PrepareReport:
-        """Run the claimed preparation; it ends (not running any more) whatever happens."""
+    def _check(self, req: PrepareRequest, host: Host) -> CheckedRequest:
+        """The claimed preparation's request checked; a refusal ends it (in the status) and is raised."""
+        try:
+            return check(req, host)
+        except BaseException as e:
+            self._finish(error=str(e) or type(e).__name__)
+            raise
+
+    def _work(self, req: PrepareRequest, host: Host, checked: CheckedRequest) -> PrepareReport:
+        """Run the claimed, checked preparation; it ends (not running any more) whatever happens."""
         try:
             report = run_prepare(req, host, on_status=lambda text: self._set(message=text),
                                  should_stop=self._stop.is_set, checked=checked)
