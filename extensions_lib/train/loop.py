@@ -91,13 +91,7 @@ class Dist:
     def any_process(self, flag: bool, device: torch.device) -> bool:
         """True on every process when `flag` is true on any: a stop decided alone would leave the
         others waiting forever in the next all-reduce."""
-        if self.num_processes == 1:
-            return flag
-        import torch.distributed as dist
-
-        t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return bool(self.highest([int(flag)], device)[0])
 
     def finish(self) -> None:
         """Wait until every process is done (the main one may still be writing files), then close the
