@@ -33,13 +33,14 @@ import torch
 from ..config import ConfigError, ConfigProblem, TrainConfig
 
 FORMAT = 2
-FILES = ("weights.state", "optimizer.state", "trainer.json", "config.json", "dataset.json")
 # the tensor files' names by state format (1 used the extensions the WebUI's model lists pick up)
 TENSOR_FILES = {1: ("weights.safetensors", "optimizer.pt"), 2: ("weights.state", "optimizer.state")}
+JSON_FILES = ("trainer.json", "config.json", "dataset.json")
+FILES = TENSOR_FILES[FORMAT] + JSON_FILES
 
 
 def state_files(fmt: int) -> tuple[str, ...]:
-    return TENSOR_FILES.get(fmt, TENSOR_FILES[FORMAT]) + FILES[2:]
+    return TENSOR_FILES.get(fmt, TENSOR_FILES[FORMAT]) + JSON_FILES
 STATE_SUFFIX = "-state"
 
 # Options a resumed run may change: how long it runs, where and how often it saves and previews,
@@ -144,7 +145,7 @@ def read_state(cfg: TrainConfig, data_scan, num_processes: int = 1) -> ResumeSta
                               "a run with output.save_state on")
     try:
         info, saved_cfg, data = (json.loads((folder / f).read_text(encoding="utf-8"))
-                                 for f in ("trainer.json", "config.json", "dataset.json"))
+                                 for f in JSON_FILES)
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise _refuse(folder, f"unreadable training state ({e}); name another state folder") from None
     if info.get("format") not in TENSOR_FILES:
@@ -299,11 +300,12 @@ def resumable_states(output_dir: Path) -> list[StateEntry]:
         name = folder.name
         if not (name.endswith(STATE_SUFFIX) or (STATE_SUFFIX + "-") in name):
             continue
-        if not all((folder / f).is_file() for f in state_files(_format_of(folder))):
-            continue
         try:
             info = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
             config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            fmt = info.get("format")
+            if not all((folder / f).is_file() for f in state_files(fmt if isinstance(fmt, int) else FORMAT)):
+                continue
             found.append(StateEntry(folder, int(info["step"]), int(info.get("epoch", 0)),
                                     str(config.get("network", {}).get("method", "?")), folder.stat().st_mtime))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
