@@ -116,9 +116,7 @@ class TabHandlers:
             if not (_is_user_error(e) or isinstance(e, (JobBusyError, ValueError))):
                 raise
             return (problems_html(e),) + tuple(compat.no_change() for _ in range(4))
-        memory = next((line for line in self.job.status(losses=False).get("log", []) if line.startswith("memory: ")),
-                      "")
-        memory = memory[len("memory: "):]
+        memory = self.job.status(losses=False)["memory"]
         note = f" {memory[:1].upper()}{memory[1:]}." if memory else ""
         return (ok_html(f"Started training {cfg.output_name} ({cfg.network.method}), job {job_id}.{note}"),
                 *_run_buttons(running=True))

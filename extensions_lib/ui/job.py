@@ -40,6 +40,7 @@ def _fresh(job_id: str = "", state: str = "idle") -> dict:
         "loss": None, "avg_loss": None, "lr": None, "it_per_s": None, "eta_s": None,
         "losses": [], "val_losses": [], "previews": [], "preview_step": None,
         "output_path": "", "saved": [], "prompt_usage": "", "method": "", "name": "",
+        "memory": "",     # the estimated peak memory against what the device has free (preflight)
         "started_at": None, "finished_at": None, "log": [], "warnings": [],
         # bumped on every change, so pollers redraw only what changed
         "version": 0, "loss_version": 0, "preview_version": 0,
@@ -110,7 +111,7 @@ class TrainingJob:
             previous = self._state
             self._state = _fresh(job_id, "preparing")
         try:
-            total_steps, epochs, dataset_log = preflight(cfg, host)
+            total_steps, epochs, dataset_log, memory = preflight(cfg, host)
         except BaseException:
             with self._lock:
                 self._state = previous
@@ -122,7 +123,8 @@ class TrainingJob:
             self._commands = commands
             self._sample_prompts = len(cfg.sample.prompts)
             self._state.update(total_steps=total_steps, total_epochs=epochs, started_at=time.time(),
-                               method=cfg.network.method, name=cfg.output_name, message="Loading the model…")
+                               method=cfg.network.method, name=cfg.output_name, memory=memory,
+                               message="Loading the model…")
             for line in dataset_log:
                 self._log.append(line)
             self._state["version"] += 1
@@ -299,9 +301,9 @@ def _is_user_error(e: BaseException) -> bool:
     return isinstance(e, user_error_types())
 
 
-def preflight(cfg: TrainConfig, host: Host) -> tuple[int, int, list[str]]:
+def preflight(cfg: TrainConfig, host: Host) -> tuple[int, int, list[str], str]:
     """Every refusal that needs no model, in the order run_training meets them.
-    Returns (total steps, epochs, log lines about the dataset)."""
+    Returns (total steps, epochs, log lines about the dataset, the memory estimate's line)."""
     from ..train.loop import plan_steps
     from ..train.memory import estimate_note
     from ..train.session import build_dataset, check_before_model
@@ -311,9 +313,9 @@ def preflight(cfg: TrainConfig, host: Host) -> tuple[int, int, list[str]]:
     scan, _ = check_before_model(cfg, host)
     dataset = build_dataset(cfg, scan)
     _, total, epochs = plan_steps(cfg, dataset.steps_per_epoch())
-    log = [f"{total} steps in {epochs} epochs",
-           "memory: " + estimate_note(cfg, device=host.device(), host_holds_model=not host.model_from_config,
-                                      num_images=dataset.num_train_samples)]
+    memory = estimate_note(cfg, device=host.device(), host_holds_model=not host.model_from_config,
+                           num_images=dataset.num_train_samples)
+    log = [f"{total} steps in {epochs} epochs", f"memory: {memory}"]
     if cfg.training.resume.strip():
         log.append(f"resuming from the training state {cfg.training.resume.strip()}")
-    return total, epochs, log
+    return total, epochs, log, memory
